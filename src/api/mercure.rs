@@ -1,0 +1,619 @@
+//! The Mercure hub endpoints.
+//!
+//! `GET|QUERY {hub}` subscribes (SSE), `POST {hub}` publishes,
+//! `GET {hub}/subscriptions…` lists active subscriptions, and
+//! `GET /.well-known/oauth-protected-resource{hub path}` describes the hub
+//! as an OAuth protected resource. Errors follow RFC 6750 (401/403 with a
+//! `WWW-Authenticate: Bearer` challenge) and the draft (400, 413).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::grants::DETAIL_TYPE;
+use crate::auth::{AuthError, Grants, Role, Verifier};
+use crate::config::MercureSettings;
+use crate::hub::{Draft, Filter, Hub, Publication};
+use crate::protocol::mercure::matcher::{MatcherType, TopicMatcher};
+use crate::protocol::mercure::request::{self, RequestError};
+use crate::protocol::mercure::subscription::{self, SubscriptionDoc};
+use crate::protocol::mercure::{form, EARLIEST, RESERVED_EVENT_TYPE};
+use crate::transport::sse::{EventStream, StreamOptions};
+
+/// Legacy cookie name of pre-standardization hubs.
+const LEGACY_COOKIE: &str = "mercureAuthorization";
+/// Publications read from history per page during replay.
+const REPLAY_PAGE: usize = 1000;
+
+/// One active subscription, as the subscriptions API reports it.
+#[derive(Debug, Clone)]
+struct Active {
+    match_type: MatcherType,
+    matcher: String,
+    payload: Option<Value>,
+}
+
+/// Shared state of the Mercure endpoints.
+pub struct MercureState {
+    hub: Arc<Hub>,
+    verifier: Verifier,
+    settings: MercureSettings,
+    active: Mutex<HashMap<String, Vec<Active>>>,
+    shutdown: CancellationToken,
+}
+
+impl MercureState {
+    /// Builds the state from validated settings.
+    pub fn new(hub: Arc<Hub>, settings: MercureSettings, shutdown: CancellationToken) -> Result<Arc<Self>, String> {
+        let key = |m: &str| crate::auth::jwt::TrustedKey::new(m, settings.algorithm);
+        let verifier = Verifier {
+            publisher: vec![key(&settings.publisher_key)?],
+            subscriber: vec![key(&settings.subscriber_key)?],
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
+            legacy: settings.compat,
+            hub: settings.hub_url.clone(),
+            limits: Default::default(),
+        };
+        Ok(Arc::new(MercureState {
+            hub,
+            verifier,
+            settings,
+            active: Mutex::new(HashMap::new()),
+            shutdown,
+        }))
+    }
+
+    /// The hub URL's path (`/.well-known/mercure` by default).
+    pub fn hub_path(&self) -> &str {
+        self.settings.hub_url.path()
+    }
+
+    /// Path of the protected resource metadata document (RFC 9728).
+    pub fn metadata_path(&self) -> String {
+        format!("/.well-known/oauth-protected-resource{}", self.hub_path())
+    }
+
+    fn metadata_url(&self) -> String {
+        let mut u = self.settings.hub_url.clone();
+        u.set_path(&self.metadata_path());
+        u.set_query(None);
+        u.to_string()
+    }
+}
+
+/// An error response of the Mercure endpoints.
+#[derive(Debug)]
+pub enum MercureError {
+    /// Authorization failure (RFC 6750).
+    Auth(AuthError),
+    /// Malformed or oversized request.
+    Request(RequestError),
+    /// Wrong media type for a publish.
+    UnsupportedMediaType,
+    /// The hub cannot serve the request now.
+    Unavailable(String),
+    /// No such resource.
+    NotFound,
+}
+
+impl From<AuthError> for MercureError {
+    fn from(e: AuthError) -> Self {
+        MercureError::Auth(e)
+    }
+}
+
+impl From<RequestError> for MercureError {
+    fn from(e: RequestError) -> Self {
+        MercureError::Request(e)
+    }
+}
+
+fn plain(status: StatusCode, message: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message + "\n").into_response()
+}
+
+impl MercureError {
+    fn into_response_for(self, state: &MercureState) -> Response {
+        let challenge = |error: Option<&str>| {
+            let mut c = String::from("Bearer");
+            if let Some(e) = error {
+                c.push_str(&format!(" error=\"{e}\","));
+            }
+            c.push_str(&format!(" resource_metadata=\"{}\"", state.metadata_url()));
+            HeaderValue::from_str(&c).unwrap_or(HeaderValue::from_static("Bearer"))
+        };
+        let (status, error, message) = match self {
+            MercureError::Auth(AuthError::Missing) => (StatusCode::UNAUTHORIZED, None, "an access token is required".to_owned()),
+            MercureError::Auth(AuthError::InvalidToken(reason)) => {
+                tracing::info!(%reason, "invalid token");
+                (StatusCode::UNAUTHORIZED, Some("invalid_token"), "invalid access token".to_owned())
+            }
+            MercureError::Auth(AuthError::InvalidRequest(m)) => (StatusCode::BAD_REQUEST, Some("invalid_request"), m),
+            MercureError::Auth(AuthError::InsufficientScope) => (
+                StatusCode::FORBIDDEN,
+                Some("insufficient_scope"),
+                "the access token does not allow this operation".to_owned(),
+            ),
+            MercureError::Request(RequestError::BadRequest(m)) => return plain(StatusCode::BAD_REQUEST, m),
+            MercureError::Request(RequestError::TooLarge(m)) => return plain(StatusCode::PAYLOAD_TOO_LARGE, m),
+            MercureError::UnsupportedMediaType => {
+                return plain(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "publish requests must be application/x-www-form-urlencoded".into(),
+                )
+            }
+            MercureError::Unavailable(m) => return plain(StatusCode::SERVICE_UNAVAILABLE, m),
+            MercureError::NotFound => return plain(StatusCode::NOT_FOUND, "no such subscription".into()),
+        };
+        let mut res = plain(status, message);
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, challenge(error));
+        res
+    }
+}
+
+/// Where a request's token came from.
+#[derive(Debug, PartialEq, Eq)]
+enum TokenSource {
+    Header,
+    Cookie,
+    Query,
+}
+
+/// Finds the token: the `Authorization` header wins over cookies (which are
+/// ambient), then the legacy `authorization` query parameter.
+fn find_token(
+    headers: &HeaderMap,
+    state: &MercureState,
+    query_token: Option<String>,
+) -> Result<Option<(String, TokenSource)>, AuthError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value
+            .to_str()
+            .map_err(|_| AuthError::InvalidRequest("the Authorization header is not ASCII".into()))?;
+        let (scheme, token) = value
+            .split_once(' ')
+            .ok_or_else(|| AuthError::InvalidRequest("the Authorization header must be `Bearer <token>`".into()))?;
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(AuthError::InvalidRequest("the Authorization header must be `Bearer <token>`".into()));
+        }
+        return Ok(Some((token.trim().to_owned(), TokenSource::Header)));
+    }
+    let mut names = vec![state.settings.cookie_name.as_str()];
+    if state.settings.compat {
+        names.push(LEGACY_COOKIE);
+    }
+    for name in names {
+        if let Some(v) = cookie(headers, name) {
+            return Ok(Some((v, TokenSource::Cookie)));
+        }
+    }
+    Ok(query_token.map(|t| (t, TokenSource::Query)))
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"').to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Admits public updates, and private ones the token may read.
+struct PrivateFilter(Option<Arc<Grants>>);
+
+impl Filter for PrivateFilter {
+    fn admits(&self, p: &Publication) -> bool {
+        !p.draft.private || self.0.as_ref().is_some_and(|g| g.may_read(p.topics()))
+    }
+}
+
+fn selects(matchers: &[TopicMatcher], p: &Publication) -> bool {
+    matchers.iter().any(|m| m.matches_any(p.topics()))
+}
+
+fn now_secs() -> u64 {
+    crate::hub::publication::now_ms() / 1000
+}
+
+/// `GET|QUERY {hub}`: opens an event stream.
+pub async fn subscribe(State(state): State<Arc<MercureState>>, req: Request) -> Response {
+    match subscribe_inner(&state, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response_for(&state),
+    }
+}
+
+async fn subscribe_inner(state: &Arc<MercureState>, req: Request) -> Result<Response, MercureError> {
+    let (parts, body) = req.into_parts();
+    let bad = |e: form::FormError| MercureError::Request(RequestError::BadRequest(e.to_string()));
+    let query = form::parse(parts.uri.query().unwrap_or("").as_bytes()).map_err(bad)?;
+    let body_pairs = if parts.method == Method::GET {
+        Vec::new()
+    } else {
+        let limit = state.settings.max_body;
+        let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+            RequestError::BadRequest(format!("the request body is over {limit} bytes"))
+        })?;
+        form::parse(&bytes).map_err(bad)?
+    };
+    let s = &state.settings;
+    let req = request::parse_subscribe(query, body_pairs, &s.hub_url, s.compat, &s.limits)?;
+
+    let grants = match find_token(&parts.headers, state, req.legacy_token.clone())? {
+        Some((token, _)) => Some(Arc::new(state.verifier.verify(&token, Role::Subscriber)?)),
+        None if s.anonymous => None,
+        None => return Err(AuthError::Missing.into()),
+    };
+    let header_cursor = parts
+        .headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let cursor = header_cursor.or(req.last_event_id);
+
+    let filter = Arc::new(PrivateFilter(grants.clone()));
+    let subscription = state.hub.subscribe(req.matchers.clone(), filter.clone());
+    let (replay, response_cursor) = match &cursor {
+        None => (Vec::new(), None),
+        Some(id) => replay(state, id, subscription.snapshot_seq, &req.matchers, &*filter).await?,
+    };
+
+    let subscriber = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+    let guard = if s.subscriptions {
+        Some(Box::new(announce(state, &subscriber, &req.matchers, grants.as_deref())) as Box<dyn Send + Sync>)
+    } else {
+        None
+    };
+    let now = tokio::time::Instant::now();
+    let token_deadline = grants
+        .as_ref()
+        .and_then(|g| g.expires_at)
+        .map(|exp| now + std::time::Duration::from_secs(exp.saturating_sub(now_secs())));
+    let lifetime_deadline = s.max_lifetime.map(|d| now + d);
+    let deadline = match (token_deadline, lifetime_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let stream = EventStream::new(
+        subscription,
+        replay,
+        StreamOptions {
+            heartbeat: s.heartbeat,
+            retry: s.sse_retry,
+            deadline,
+            shutdown: state.shutdown.clone(),
+        },
+        guard,
+    );
+    let mut res = Response::new(Body::from_stream(stream));
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache, no-store"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(c) = response_cursor.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        if s.compat {
+            h.insert("last-event-id", c.clone());
+        }
+        h.insert("mercure-last-event-id", c);
+    }
+    Ok(res)
+}
+
+/// Reads what the subscriber missed after `cursor`, up to the snapshot the
+/// live subscription starts from. Returns the replay and the
+/// `Mercure-Last-Event-ID` value: the requested id when found, `earliest`
+/// when it asked for everything or when the id is unknown or trimmed (then
+/// nothing is replayed: the hub does not pretend to know the position).
+async fn replay(
+    state: &MercureState,
+    cursor: &str,
+    snapshot: u64,
+    matchers: &[TopicMatcher],
+    filter: &dyn Filter,
+) -> Result<(Vec<Arc<Publication>>, Option<String>), MercureError> {
+    let history = state.hub.history();
+    let unavailable = |e: crate::history::HistoryError| MercureError::Unavailable(e.to_string());
+    let after = if cursor == EARLIEST {
+        0
+    } else {
+        match history.seq_of(cursor).await.map_err(unavailable)? {
+            Some(seq) => seq,
+            None => return Ok((Vec::new(), Some(EARLIEST.to_owned()))),
+        }
+    };
+    let mut out = Vec::new();
+    let mut from = after;
+    loop {
+        let page = history.read_after(from, snapshot, REPLAY_PAGE).await.map_err(unavailable)?;
+        let Some(last) = page.last() else { break };
+        from = last.seq;
+        let full = page.len() == REPLAY_PAGE;
+        out.extend(page.into_iter().filter(|p| selects(matchers, p) && filter.admits(p)));
+        if !full {
+            break;
+        }
+    }
+    Ok((out, Some(cursor.to_owned())))
+}
+
+/// Publishes the subscription events of a new connection and returns a
+/// guard that, when the stream ends, publishes their `active: false`
+/// counterparts and removes them from the subscriptions API.
+fn announce(
+    state: &Arc<MercureState>,
+    subscriber: &str,
+    matchers: &[TopicMatcher],
+    grants: Option<&Grants>,
+) -> SubscriptionGuard {
+    let active: Vec<Active> = matchers
+        .iter()
+        .map(|m| Active {
+            match_type: m.kind(),
+            matcher: m.raw().to_owned(),
+            payload: grants.and_then(|g| g.payload_for(m.raw())).cloned(),
+        })
+        .collect();
+    state.active.lock().insert(subscriber.to_owned(), active.clone());
+    publish_events(state, subscriber, &active, true);
+    SubscriptionGuard {
+        state: state.clone(),
+        subscriber: subscriber.to_owned(),
+    }
+}
+
+fn publish_events(state: &Arc<MercureState>, subscriber: &str, active: &[Active], is_active: bool) {
+    let drafts: Vec<Draft> = active
+        .iter()
+        .map(|a| {
+            let doc = SubscriptionDoc {
+                hub_path: state.hub_path(),
+                match_type: a.match_type,
+                matcher: &a.matcher,
+                subscriber,
+                active: is_active,
+                payload: a.payload.as_ref(),
+            };
+            Draft {
+                channel: doc.topic(),
+                alternates: Vec::new(),
+                id: format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+                data: Bytes::from(doc.to_json().to_string()),
+                event_type: Some(RESERVED_EVENT_TYPE.to_owned()),
+                retry: None,
+                private: true,
+            }
+        })
+        .collect();
+    let hub = state.hub.clone();
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            for d in drafts {
+                if let Err(e) = hub.publish(d).await {
+                    tracing::debug!(error = %e, "subscription event not published");
+                }
+            }
+        });
+    }
+}
+
+struct SubscriptionGuard {
+    state: Arc<MercureState>,
+    subscriber: String,
+}
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        let removed = self.state.active.lock().remove(&self.subscriber);
+        if let Some(active) = removed {
+            publish_events(&self.state, &self.subscriber, &active, false);
+        }
+    }
+}
+
+/// `POST {hub}`: publishes an update.
+pub async fn publish(State(state): State<Arc<MercureState>>, req: Request) -> Response {
+    match publish_inner(&state, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response_for(&state),
+    }
+}
+
+async fn publish_inner(state: &Arc<MercureState>, req: Request) -> Result<Response, MercureError> {
+    let (parts, body) = req.into_parts();
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default();
+        let essence = ct.split(';').next().unwrap_or_default().trim();
+        if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            return Err(MercureError::UnsupportedMediaType);
+        }
+    }
+    let query_token = if state.settings.compat {
+        form::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .ok()
+            .and_then(|q| q.into_iter().find(|(k, _)| k == "authorization").map(|(_, v)| v))
+    } else {
+        None
+    };
+    let (token, source) = find_token(&parts.headers, state, query_token)?.ok_or(AuthError::Missing)?;
+    let grants = state.verifier.verify(&token, Role::Publisher)?;
+    if source == TokenSource::Cookie && !same_origin_or_allowed(state, &parts.headers) {
+        // Cookie-authenticated publishing is a CSRF target.
+        return Err(AuthError::InsufficientScope.into());
+    }
+    let limit = state.settings.max_body;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| RequestError::TooLarge(format!("the request body is over {limit} bytes")))?;
+    let pairs = form::parse(&bytes).map_err(|e| RequestError::BadRequest(e.to_string()))?;
+    let s = &state.settings;
+    let update = request::parse_publish(pairs, &s.hub_url, &s.limits)?;
+    if !grants.may_publish(update.topics.iter().map(String::as_str)) {
+        return Err(AuthError::InsufficientScope.into());
+    }
+    let mut topics = update.topics.into_iter();
+    let channel = topics.next().unwrap_or_default();
+    let draft = Draft {
+        channel,
+        alternates: topics.collect(),
+        id: update
+            .id
+            .unwrap_or_else(|| format!("urn:uuid:{}", uuid::Uuid::new_v4())),
+        data: Bytes::from(update.data),
+        event_type: update.event_type,
+        retry: update.retry,
+        private: update.private,
+    };
+    let p = state
+        .hub
+        .publish(draft)
+        .await
+        .map_err(|e| MercureError::Unavailable(e.to_string()))?;
+    Ok(plain_id(p.id()))
+}
+
+fn plain_id(id: &str) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], id.to_owned()).into_response()
+}
+
+fn same_origin_or_allowed(state: &MercureState, headers: &HeaderMap) -> bool {
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            headers
+                .get(header::REFERER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|r| url::Url::parse(r).ok())
+                .map(|u| u.origin().ascii_serialization())
+        });
+    let Some(origin) = origin else { return false };
+    origin == state.settings.hub_url.origin().ascii_serialization()
+        || state.settings.cors_origins.iter().any(|o| *o == origin)
+}
+
+/// `GET {hub}/subscriptions[/…]`: the subscriptions API.
+pub async fn subscriptions(State(state): State<Arc<MercureState>>, req: Request) -> Response {
+    match subscriptions_inner(&state, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response_for(&state),
+    }
+}
+
+async fn subscriptions_inner(state: &Arc<MercureState>, req: Request) -> Result<Response, MercureError> {
+    if !state.settings.subscriptions {
+        return Err(MercureError::NotFound);
+    }
+    let path = req.uri().path().to_owned();
+    let query_token = if state.settings.compat {
+        form::parse(req.uri().query().unwrap_or("").as_bytes())
+            .ok()
+            .and_then(|q| q.into_iter().find(|(k, _)| k == "authorization").map(|(_, v)| v))
+    } else {
+        None
+    };
+    let (token, _) = find_token(req.headers(), state, query_token)?.ok_or(AuthError::Missing)?;
+    let grants = state.verifier.verify(&token, Role::Subscriber)?;
+    if !grants.may_read(std::iter::once(path.as_str())) {
+        return Err(AuthError::InsufficientScope.into());
+    }
+    let base = format!("{}/subscriptions", state.hub_path());
+    let rest = path.strip_prefix(&base).unwrap_or_default();
+    let segments: Vec<String> = rest
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    // Which subscriptions the path selects, and whether it names one.
+    let (kind, matcher, subscriber): (Option<MatcherType>, Option<&str>, Option<&str>) = match segments.as_slice() {
+        [] => (None, None, None),
+        [t, m] if MatcherType::from_draft_name(t).is_some() => (MatcherType::from_draft_name(t), Some(m), None),
+        [t, m, s] if MatcherType::from_draft_name(t).is_some() => (MatcherType::from_draft_name(t), Some(m), Some(s)),
+        [m] if state.settings.compat => (Some(MatcherType::Legacy), Some(m), None),
+        [m, s] if state.settings.compat => (Some(MatcherType::Legacy), Some(m), Some(s)),
+        _ => return Err(MercureError::NotFound),
+    };
+    let last_event_id = state
+        .hub
+        .history()
+        .last()
+        .await
+        .map_err(|e| MercureError::Unavailable(e.to_string()))?
+        .map(|(_, id)| id)
+        .unwrap_or_else(|| EARLIEST.to_owned());
+    let docs: Vec<Value> = {
+        let active = state.active.lock();
+        let mut docs = Vec::new();
+        for (sub_id, subs) in active.iter() {
+            if subscriber.is_some_and(|s| s != sub_id) {
+                continue;
+            }
+            for a in subs {
+                if kind.is_some_and(|k| k != a.match_type) || matcher.is_some_and(|m| m != a.matcher) {
+                    continue;
+                }
+                docs.push(
+                    SubscriptionDoc {
+                        hub_path: state.hub_path(),
+                        match_type: a.match_type,
+                        matcher: &a.matcher,
+                        subscriber: sub_id,
+                        active: true,
+                        payload: a.payload.as_ref(),
+                    }
+                    .to_json(),
+                );
+            }
+        }
+        docs
+    };
+    let legacy = kind == Some(MatcherType::Legacy);
+    let body = if subscriber.is_some() {
+        docs.into_iter().next().ok_or(MercureError::NotFound)?
+    } else {
+        subscription::collection(&path, legacy, &last_event_id, docs)
+    };
+    let link = format!(
+        "<{}>; rel=\"mercure\"; last-event-id=\"{}\"; type=\"mercure\"; content-type=\"application/json\"",
+        state.settings.hub_url,
+        last_event_id.replace('"', "%22")
+    );
+    let mut res = (StatusCode::OK, axum::Json(body)).into_response();
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&link) {
+        h.insert(header::LINK, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", last_event_id.replace('"', "%22"))) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("must-revalidate"));
+    Ok(res)
+}
+
+/// `GET /.well-known/oauth-protected-resource{hub}` (RFC 9728).
+pub async fn metadata(State(state): State<Arc<MercureState>>) -> Response {
+    let s = &state.settings;
+    let mut doc = json!({
+        "resource": s.audience,
+        "authorization_details_types_supported": [DETAIL_TYPE],
+        "bearer_methods_supported": ["header"],
+        "mercure_cookie": s.cookie_name,
+        "mercure_matcher_types_supported": ["exact", "urlpattern"],
+    });
+    if s.subscriptions {
+        doc["mercure_subscriptions"] = json!(true);
+    }
+    axum::Json(doc).into_response()
+}

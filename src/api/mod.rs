@@ -1,0 +1,7 @@
+//! HTTP surfaces: request handling that joins codecs, auth, hub and
+//! transports.
+//!
+//! - [`mercure`]: the Mercure hub (subscribe, publish, subscriptions API,
+//!   protected resource metadata).
+
+pub mod mercure;

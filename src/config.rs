@@ -1,0 +1,643 @@
+//! Configuration: a TOML file, `TIDINGS_*` environment variables and CLI
+//! flags, merged in that order (a flag beats the environment, which beats
+//! the file), then validated once at start so a bad value stops the hub with
+//! a message naming the key.
+//!
+//! Every key is listed in [`KEYS`]; the environment variable for a key is
+//! `TIDINGS_` followed by the key upper-cased with `.` replaced by `_`
+//! (`history.size` → `TIDINGS_HISTORY_SIZE`). docs/configuration.md documents
+//! each of them, and a test keeps the two in step.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use url::Url;
+
+/// The key used when no Mercure key is configured. It only works for a hub
+/// listening on loopback: validation refuses it on any other address.
+pub const DEV_KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
+
+/// A configuration problem, reported before the hub starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file or a value is not valid TOML, or a key is unknown.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// A value is out of range or inconsistent.
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid {
+        /// The dotted key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// How a key's value is written in the environment and on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Text (also durations such as `30s`).
+    Str,
+    /// Whole number.
+    Int,
+    /// `true` / `false`.
+    Bool,
+    /// Comma-separated list of text.
+    List,
+}
+
+/// Every configuration key and its kind.
+pub const KEYS: &[(&str, Kind)] = &[
+    ("listen", Kind::Str),
+    ("data_dir", Kind::Str),
+    ("log.level", Kind::Str),
+    ("log.format", Kind::Str),
+    ("shutdown_grace", Kind::Str),
+    ("history.engine", Kind::Str),
+    ("history.size", Kind::Int),
+    ("history.ttl", Kind::Str),
+    ("history.meta_ttl", Kind::Str),
+    ("history.sweep_interval", Kind::Str),
+    ("hub.queue_size", Kind::Int),
+    ("hub.max_batch", Kind::Int),
+    ("mercure.hub_url", Kind::Str),
+    ("mercure.issuer", Kind::Str),
+    ("mercure.audience", Kind::Str),
+    ("mercure.algorithm", Kind::Str),
+    ("mercure.key", Kind::Str),
+    ("mercure.publisher_key", Kind::Str),
+    ("mercure.subscriber_key", Kind::Str),
+    ("mercure.publisher_key_file", Kind::Str),
+    ("mercure.subscriber_key_file", Kind::Str),
+    ("mercure.anonymous", Kind::Bool),
+    ("mercure.compat", Kind::Bool),
+    ("mercure.subscriptions", Kind::Bool),
+    ("mercure.heartbeat", Kind::Str),
+    ("mercure.sse_retry", Kind::Int),
+    ("mercure.max_lifetime", Kind::Str),
+    ("mercure.cookie_name", Kind::Str),
+    ("mercure.cors_origins", Kind::List),
+    ("mercure.max_body", Kind::Int),
+    ("mercure.max_topics", Kind::Int),
+    ("mercure.max_field_len", Kind::Int),
+    ("mercure.max_matchers", Kind::Int),
+    ("mercure.max_matcher_len", Kind::Int),
+];
+
+/// The environment variable of a key.
+pub fn env_name(key: &str) -> String {
+    format!("TIDINGS_{}", key.to_ascii_uppercase().replace('.', "_"))
+}
+
+/// The whole configuration, as read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: String,
+    /// Where durable history lives.
+    pub data_dir: Option<PathBuf>,
+    /// Logging.
+    pub log: LogConfig,
+    /// How long shutdown waits for connections to finish.
+    pub shutdown_grace: String,
+    /// History storage and retention.
+    pub history: HistoryConfig,
+    /// Hub core tunables.
+    pub hub: HubConfig,
+    /// The Mercure hub.
+    pub mercure: MercureConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8000".into(),
+            data_dir: None,
+            log: LogConfig::default(),
+            shutdown_grace: "10s".into(),
+            history: HistoryConfig::default(),
+            hub: HubConfig::default(),
+            mercure: MercureConfig::default(),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `tidings=debug,warn`…
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// `[history]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// `disk` (default, durable) or `memory`.
+    pub engine: String,
+    /// Publications kept per channel.
+    pub size: usize,
+    /// How long publications are kept.
+    pub ttl: String,
+    /// How long an idle, empty channel keeps its position.
+    pub meta_ttl: String,
+    /// How often expired history is reclaimed.
+    pub sweep_interval: String,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            engine: "disk".into(),
+            size: 1000,
+            ttl: "24h".into(),
+            meta_ttl: "30d".into(),
+            sweep_interval: "60s".into(),
+        }
+    }
+}
+
+/// `[hub]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// Publications a subscriber may have queued before it is dropped.
+    pub queue_size: usize,
+    /// Most publications per history commit.
+    pub max_batch: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            queue_size: 4096,
+            max_batch: 512,
+        }
+    }
+}
+
+/// `[mercure]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MercureConfig {
+    /// Public URL of the hub; default `http://<listen>/.well-known/mercure`.
+    pub hub_url: Option<String>,
+    /// Trusted `iss` of access tokens.
+    pub issuer: String,
+    /// Required `aud`; default the hub URL.
+    pub audience: Option<String>,
+    /// Signature algorithm of the keys.
+    pub algorithm: String,
+    /// Key for both roles.
+    pub key: Option<String>,
+    /// Key for publisher tokens.
+    pub publisher_key: Option<String>,
+    /// Key for subscriber tokens.
+    pub subscriber_key: Option<String>,
+    /// PEM file with the publisher key.
+    pub publisher_key_file: Option<PathBuf>,
+    /// PEM file with the subscriber key.
+    pub subscriber_key_file: Option<PathBuf>,
+    /// Allow subscribers without a token (public updates only).
+    pub anonymous: bool,
+    /// Accept the pre-standardization wire format too.
+    pub compat: bool,
+    /// Active subscriptions: events and API.
+    pub subscriptions: bool,
+    /// Interval of keep-alive comments.
+    pub heartbeat: String,
+    /// `retry:` sent at the start of each stream (ms), if set.
+    pub sse_retry: Option<u64>,
+    /// Longest a subscription may stay open, if set (e.g. `1h`).
+    pub max_lifetime: Option<String>,
+    /// Cookie carrying the access token.
+    pub cookie_name: String,
+    /// Origins allowed by CORS (with credentials).
+    pub cors_origins: Vec<String>,
+    /// Largest publish body, in bytes.
+    pub max_body: usize,
+    /// Most `topic` fields per publish.
+    pub max_topics: usize,
+    /// Longest publish field other than `data`, in bytes.
+    pub max_field_len: usize,
+    /// Most matchers per subscribe.
+    pub max_matchers: usize,
+    /// Longest matcher, in bytes.
+    pub max_matcher_len: usize,
+}
+
+impl Default for MercureConfig {
+    fn default() -> Self {
+        MercureConfig {
+            hub_url: None,
+            issuer: "tidings".into(),
+            audience: None,
+            algorithm: "HS256".into(),
+            key: None,
+            publisher_key: None,
+            subscriber_key: None,
+            publisher_key_file: None,
+            subscriber_key_file: None,
+            anonymous: true,
+            compat: true,
+            subscriptions: true,
+            heartbeat: "15s".into(),
+            sse_retry: None,
+            max_lifetime: None,
+            cookie_name: "__Secure-mercure_access_token".into(),
+            cors_origins: Vec::new(),
+            max_body: 1024 * 1024,
+            max_topics: 100,
+            max_field_len: 2048,
+            max_matchers: 100,
+            max_matcher_len: 2048,
+        }
+    }
+}
+
+/// Reads and merges the three sources; `overrides` are `key=value` pairs
+/// from CLI flags.
+pub fn load(
+    file: Option<&std::path::Path>,
+    env: impl Fn(&str) -> Option<String>,
+    overrides: &[(String, String)],
+) -> Result<Config, ConfigError> {
+    let mut table = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            toml::from_str::<toml::Table>(&text)
+                .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?
+        }
+        None => toml::Table::new(),
+    };
+    for (key, kind) in KEYS {
+        if let Some(raw) = env(&env_name(key)) {
+            set(&mut table, key, value_of(*kind, &raw, &env_name(key))?);
+        }
+    }
+    for (key, raw) in overrides {
+        let (name, kind) = KEYS
+            .iter()
+            .find(|(k, _)| k == key)
+            .ok_or_else(|| ConfigError::Parse(format!("unknown configuration key `{key}`")))?;
+        set(&mut table, name, value_of(*kind, raw, name)?);
+    }
+    Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse(e.to_string()))
+}
+
+fn value_of(kind: Kind, raw: &str, origin: &str) -> Result<toml::Value, ConfigError> {
+    Ok(match kind {
+        Kind::Str => toml::Value::String(raw.to_owned()),
+        Kind::Int => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| ConfigError::Parse(format!("{origin}: {raw:?} is not a whole number")))?,
+        ),
+        Kind::Bool => toml::Value::Boolean(match raw.trim() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => return Err(ConfigError::Parse(format!("{origin}: {raw:?} is not true or false"))),
+        }),
+        Kind::List => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+    })
+}
+
+fn set(table: &mut toml::Table, dotted: &str, value: toml::Value) {
+    let mut parts: Vec<&str> = dotted.split('.').collect();
+    let last = parts.pop().unwrap_or_default();
+    let mut t = table;
+    for p in parts {
+        let entry = t
+            .entry(p.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        t = match entry {
+            toml::Value::Table(inner) => inner,
+            _ => return,
+        };
+    }
+    t.insert(last.to_owned(), value);
+}
+
+/// The validated settings the server runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory for the disk history.
+    pub data_dir: PathBuf,
+    /// Logging filter.
+    pub log_level: String,
+    /// JSON logs.
+    pub log_json: bool,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// Durable history on disk (else memory).
+    pub disk_history: bool,
+    /// Retention per channel.
+    pub retention: crate::history::Retention,
+    /// Sweep interval.
+    pub sweep_interval: Duration,
+    /// Hub options.
+    pub hub: crate::hub::HubOptions,
+    /// Mercure settings.
+    pub mercure: MercureSettings,
+}
+
+/// Validated `[mercure]`.
+#[derive(Debug, Clone)]
+pub struct MercureSettings {
+    /// Hub URL (resource identifier, base for relative topics).
+    pub hub_url: Url,
+    /// Trusted issuer.
+    pub issuer: String,
+    /// Required audience.
+    pub audience: String,
+    /// Key algorithm.
+    pub algorithm: Algorithm,
+    /// Publisher key material (secret or PEM).
+    pub publisher_key: String,
+    /// Subscriber key material (secret or PEM).
+    pub subscriber_key: String,
+    /// Whether the built-in development key is in use.
+    pub dev_key: bool,
+    /// Anonymous subscribers allowed.
+    pub anonymous: bool,
+    /// Pre-standardization compatibility.
+    pub compat: bool,
+    /// Active subscriptions.
+    pub subscriptions: bool,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Stream `retry:`.
+    pub sse_retry: Option<u64>,
+    /// Maximum subscription lifetime.
+    pub max_lifetime: Option<Duration>,
+    /// Token cookie name.
+    pub cookie_name: String,
+    /// CORS origins.
+    pub cors_origins: Vec<String>,
+    /// Publish body limit.
+    pub max_body: usize,
+    /// Request limits.
+    pub limits: crate::protocol::mercure::request::Limits,
+}
+
+fn duration(key: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(raw.trim())
+        .map_err(|e| invalid(key, format!("{raw:?} is not a duration like 30s or 5m ({e})")))?;
+    Ok(d)
+}
+
+fn positive(key: &'static str, v: usize) -> Result<usize, ConfigError> {
+    if v == 0 {
+        return Err(invalid(key, "must be at least 1"));
+    }
+    Ok(v)
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("tidings");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".local/share/tidings"),
+        None => PathBuf::from("tidings-data"),
+    }
+}
+
+impl Config {
+    /// Checks every value and resolves defaults.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let listen: SocketAddr = self
+            .listen
+            .parse()
+            .map_err(|_| invalid("listen", format!("{:?} is not an address like 127.0.0.1:8000", self.listen)))?;
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            return Err(invalid("log.format", "must be text or json"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", e.to_string()))?;
+        let disk_history = match self.history.engine.as_str() {
+            "disk" => true,
+            "memory" => false,
+            other => return Err(invalid("history.engine", format!("{other:?} is not disk or memory"))),
+        };
+        let m = &self.mercure;
+        let hub_url = match &m.hub_url {
+            Some(u) => Url::parse(u).map_err(|e| invalid("mercure.hub_url", format!("{u:?}: {e}")))?,
+            None => Url::parse(&format!("http://{listen}/.well-known/mercure"))
+                .map_err(|e| invalid("listen", e.to_string()))?,
+        };
+        if hub_url.cannot_be_a_base() || !["http", "https"].contains(&hub_url.scheme()) {
+            return Err(invalid("mercure.hub_url", "must be an http(s) URL"));
+        }
+        let algorithm: Algorithm = m
+            .algorithm
+            .parse()
+            .map_err(|_| invalid("mercure.algorithm", format!("{:?} is not a JWS algorithm such as HS256 or RS256", m.algorithm)))?;
+        let read_key = |key: &'static str, file: &Option<PathBuf>, inline: &Option<String>| -> Result<Option<String>, ConfigError> {
+            if let Some(path) = file {
+                return std::fs::read_to_string(path)
+                    .map(Some)
+                    .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())));
+            }
+            Ok(inline.clone().or_else(|| m.key.clone()))
+        };
+        let publisher = read_key("mercure.publisher_key_file", &m.publisher_key_file, &m.publisher_key)?;
+        let subscriber = read_key("mercure.subscriber_key_file", &m.subscriber_key_file, &m.subscriber_key)?;
+        let dev_key = publisher.is_none() || subscriber.is_none();
+        if dev_key && !listen.ip().is_loopback() {
+            return Err(invalid(
+                "mercure.key",
+                "no key is configured; the development key is only allowed on a loopback address",
+            ));
+        }
+        if dev_key && !matches!(algorithm, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+            return Err(invalid("mercure.key", "an asymmetric algorithm needs a configured key"));
+        }
+        let publisher_key = publisher.unwrap_or_else(|| DEV_KEY.into());
+        let subscriber_key = subscriber.unwrap_or_else(|| DEV_KEY.into());
+        for (key, material) in [("mercure.publisher_key", &publisher_key), ("mercure.subscriber_key", &subscriber_key)] {
+            crate::auth::jwt::TrustedKey::new(material, algorithm).map_err(|e| invalid(key, e))?;
+        }
+        for origin in &m.cors_origins {
+            let ok = origin == "*" || Url::parse(origin).is_ok_and(|u| u.origin().ascii_serialization() == *origin);
+            if !ok {
+                return Err(invalid("mercure.cors_origins", format!("{origin:?} is not an origin like https://app.example.com")));
+            }
+        }
+        if m.cors_origins.iter().any(|o| o == "*") && m.cors_origins.len() > 1 {
+            return Err(invalid("mercure.cors_origins", "\"*\" cannot be combined with other origins"));
+        }
+        let issuer = m.issuer.clone();
+        if issuer.is_empty() {
+            return Err(invalid("mercure.issuer", "must not be empty"));
+        }
+        Ok(Settings {
+            listen,
+            data_dir: self.data_dir.clone().unwrap_or_else(default_data_dir),
+            log_level: self.log.level.clone(),
+            log_json: self.log.format == "json",
+            shutdown_grace: duration("shutdown_grace", &self.shutdown_grace)?,
+            disk_history,
+            retention: crate::history::Retention {
+                size: positive("history.size", self.history.size)?,
+                ttl: duration("history.ttl", &self.history.ttl)?,
+                meta_ttl: duration("history.meta_ttl", &self.history.meta_ttl)?,
+            },
+            sweep_interval: duration("history.sweep_interval", &self.history.sweep_interval)?
+                .max(Duration::from_millis(100)),
+            hub: crate::hub::HubOptions {
+                queue_capacity: positive("hub.queue_size", self.hub.queue_size)?,
+                max_batch: positive("hub.max_batch", self.hub.max_batch)?,
+                sweep_interval: duration("history.sweep_interval", &self.history.sweep_interval)?
+                    .max(Duration::from_millis(100)),
+            },
+            mercure: MercureSettings {
+                audience: m.audience.clone().unwrap_or_else(|| hub_url.to_string()),
+                hub_url,
+                issuer,
+                algorithm,
+                publisher_key,
+                subscriber_key,
+                dev_key,
+                anonymous: m.anonymous,
+                compat: m.compat,
+                subscriptions: m.subscriptions,
+                heartbeat: duration("mercure.heartbeat", &m.heartbeat)?.max(Duration::from_millis(100)),
+                sse_retry: m.sse_retry,
+                max_lifetime: m
+                    .max_lifetime
+                    .as_deref()
+                    .map(|d| duration("mercure.max_lifetime", d))
+                    .transpose()?,
+                cookie_name: m.cookie_name.clone(),
+                cors_origins: m.cors_origins.clone(),
+                max_body: positive("mercure.max_body", m.max_body)?,
+                limits: crate::protocol::mercure::request::Limits {
+                    max_topics: positive("mercure.max_topics", m.max_topics)?,
+                    max_field_len: positive("mercure.max_field_len", m.max_field_len)?,
+                    max_matchers: positive("mercure.max_matchers", m.max_matchers)?,
+                    max_matcher_len: positive("mercure.max_matcher_len", m.max_matcher_len)?,
+                },
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let s = load(None, no_env, &[]).unwrap().validate().unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8000");
+        assert!(s.disk_history && s.mercure.dev_key && s.mercure.compat);
+        assert_eq!(s.mercure.hub_url.as_str(), "http://127.0.0.1:8000/.well-known/mercure");
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:1\"\n[history]\nsize = 5\nengine = \"memory\"\n").unwrap();
+        let env = |k: &str| match k {
+            "TIDINGS_LISTEN" => Some("127.0.0.1:2".to_string()),
+            "TIDINGS_HISTORY_SIZE" => Some("7".to_string()),
+            _ => None,
+        };
+        let c = load(Some(&file), env, &[("listen".into(), "127.0.0.1:3".into())]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:3");
+        assert_eq!(c.history.size, 7);
+        assert_eq!(c.history.engine, "memory");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = |pairs: &[(&str, &str)]| {
+            let o: Vec<(String, String)> = pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+            match load(None, no_env, &o) {
+                Err(e) => e.to_string(),
+                Ok(c) => c.validate().unwrap_err().to_string(),
+            }
+        };
+        assert!(err(&[("listen", "nowhere")]).contains("`listen`"));
+        assert!(err(&[("history.engine", "tape")]).contains("history.engine"));
+        assert!(err(&[("history.ttl", "soon")]).contains("history.ttl"));
+        assert!(err(&[("history.size", "0")]).contains("history.size"));
+        assert!(err(&[("history.size", "many")]).contains("whole number"));
+        assert!(err(&[("mercure.algorithm", "XX1")]).contains("mercure.algorithm"));
+        assert!(err(&[("mercure.cors_origins", "not an origin")]).contains("cors_origins"));
+        assert!(err(&[("listen", "0.0.0.0:8000")]).contains("mercure.key"));
+        assert!(err(&[("nope", "1")]).contains("unknown configuration key"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "[history]\nsise = 5\n").unwrap();
+        assert!(load(Some(&file), no_env, &[]).unwrap_err().to_string().contains("sise"));
+    }
+
+    #[test]
+    fn every_key_is_documented_and_settable() {
+        let doc = include_str!("../docs/configuration.md");
+        for (key, kind) in KEYS {
+            assert!(doc.contains(&format!("`{key}`")), "{key} missing from docs/configuration.md");
+            assert!(doc.contains(&env_name(key)), "{} missing from docs", env_name(key));
+            let sample = match kind {
+                Kind::Str => "x",
+                Kind::Int => "1",
+                Kind::Bool => "true",
+                Kind::List => "a,b",
+            };
+            load(None, no_env, &[(key.to_string(), sample.to_string())])
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! # tidings — a real-time hub
+//!
+//! Applications publish to channels; browsers and services receive the
+//! publications live. This crate is laid out along the data path of a
+//! publication (see DESIGN.md):
+//!
+//! ```text
+//! POST /.well-known/mercure            api::mercure::publish
+//!   → decode + validate the form       protocol::mercure::{form, request}
+//!   → verify the token, check rights   auth::{jwt, grants}
+//!   → append to history (positions)    hub::Hub::publish → history::History::append
+//!   → fan out to matching subscribers  hub (index, bounded queues, slow consumers)
+//!   → encode once per wire format      hub::Publication::sse → protocol::mercure::sse
+//!   → write to each connection         transport::sse::EventStream
+//! ```
+//!
+//! - [`protocol`]: pure codecs (no I/O): where bytes become requests and
+//!   publications become bytes.
+//! - [`transport`]: response bodies and sockets.
+//! - [`hub`]: channels, fan-out, the publish pipeline.
+//! - [`history`]: the `History` trait, memory and disk (redb) stores.
+//! - [`auth`]: JWT verification and Mercure grants.
+//! - [`api`]: the HTTP endpoints.
+//! - [`config`]: file + env + flags, validated once.
+//! - [`server`]: routing, start and graceful shutdown.
+//! - [`cli`]: the `publish`, `subscribe` and `token` subcommands.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod history;
+pub mod hub;
+pub mod protocol;
+pub mod server;
+pub mod transport;

@@ -1,0 +1,250 @@
+//! The `tidings` binary: `serve`, `publish`, `subscribe`, `token`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use tidings::cli::{self, TokenRequest, Update};
+use tidings::config::{self, Settings};
+
+#[derive(Parser)]
+#[command(name = "tidings", version, about = "A real-time hub: Mercure over Server-Sent Events")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where configuration comes from (shared by every subcommand).
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "TIDINGS_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Set any configuration key, e.g. `--set history.size=100` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    set: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Address to listen on (`listen`).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory for durable history (`data_dir`).
+        #[arg(long)]
+        data_dir: Option<String>,
+        /// History engine: disk or memory (`history.engine`).
+        #[arg(long)]
+        history: Option<String>,
+        /// Log filter, e.g. info or debug (`log.level`).
+        #[arg(long)]
+        log_level: Option<String>,
+        /// Log format: text or json (`log.format`).
+        #[arg(long)]
+        log_format: Option<String>,
+    },
+    /// Publish an update.
+    Publish {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Topic (repeat for alternate topics).
+        #[arg(long, required = true)]
+        topic: Vec<String>,
+        /// Payload.
+        #[arg(long, default_value = "")]
+        data: String,
+        /// Only authorized subscribers receive it.
+        #[arg(long)]
+        private: bool,
+        /// Event id.
+        #[arg(long)]
+        id: Option<String>,
+        /// Event type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Reconnection delay for clients, in ms.
+        #[arg(long)]
+        retry: Option<u64>,
+        /// Access token (default: one minted from the configured key).
+        #[arg(long, env = "TIDINGS_TOKEN")]
+        token: Option<String>,
+    },
+    /// Subscribe and print events as JSON lines.
+    Subscribe {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Exact topic (repeatable).
+        #[arg(long)]
+        topic: Vec<String>,
+        /// URL Pattern matcher (repeatable).
+        #[arg(long)]
+        pattern: Vec<String>,
+        /// Resume after this event id (or `earliest`).
+        #[arg(long)]
+        last_event_id: Option<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Access token (default: one minted from the configured key
+        /// allowing every topic).
+        #[arg(long, env = "TIDINGS_TOKEN")]
+        token: Option<String>,
+        /// Subscribe anonymously (public updates only).
+        #[arg(long)]
+        anonymous: bool,
+    },
+    /// Mint a JWT access token for testing.
+    Token {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Topic matcher allowed for publishing (repeatable, `*` for all).
+        #[arg(long)]
+        publish: Vec<String>,
+        /// Topic matcher allowed for subscribing (repeatable).
+        #[arg(long)]
+        subscribe: Vec<String>,
+        /// Secret or PEM key to sign with (default: the configured one for
+        /// the role, publisher when --publish is given).
+        #[arg(long)]
+        secret: Option<String>,
+        /// Treat matchers as URL patterns.
+        #[arg(long)]
+        urlpattern: bool,
+        /// Lifetime, e.g. 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// `sub` claim.
+        #[arg(long, default_value = "tidings-cli")]
+        subject: String,
+        /// Pre-standardization token (`mercure` claim).
+        #[arg(long)]
+        legacy: bool,
+    },
+}
+
+fn settings(args: &ConfigArgs, flags: &[(&str, Option<String>)]) -> Result<Settings> {
+    let mut overrides = Vec::new();
+    for kv in &args.set {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))?;
+        overrides.push((k.to_owned(), v.to_owned()));
+    }
+    for (k, v) in flags {
+        if let Some(v) = v {
+            overrides.push((k.to_string(), v.clone()));
+        }
+    }
+    let config = config::load(args.config.as_deref(), |k| std::env::var(k).ok(), &overrides)?;
+    Ok(config.validate()?)
+}
+
+fn init_logs(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn all_topics() -> TokenRequest {
+    TokenRequest {
+        publish: vec!["*".into()],
+        subscribe: vec!["*".into()],
+        ttl: Duration::from_secs(3600),
+        subject: "tidings-cli".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Serve { config, listen, data_dir, history, log_level, log_format } => {
+            let s = settings(
+                &config,
+                &[
+                    ("listen", listen),
+                    ("data_dir", data_dir),
+                    ("history.engine", history),
+                    ("log.level", log_level),
+                    ("log.format", log_format),
+                ],
+            )?;
+            init_logs(&s.log_level, s.log_json);
+            if s.mercure.dev_key {
+                tracing::warn!(
+                    "no Mercure key configured: using the development key {:?} (loopback only). \
+                     Set mercure.key (TIDINGS_MERCURE_KEY) in production.",
+                    config::DEV_KEY
+                );
+            }
+            tidings::server::serve(s, tidings::server::shutdown_signal(), |addr| {
+                println!("tidings listening on http://{addr}");
+            })
+            .await?;
+        }
+        Command::Publish { config, topic, data, private, id, event_type, retry, token } => {
+            let s = settings(&config, &[])?;
+            let token = match token {
+                Some(t) => t,
+                None => cli::mint_token(&s.mercure, &s.mercure.publisher_key, s.mercure.algorithm, &all_topics())?,
+            };
+            let update = Update { topics: topic, data, private, id, event_type, retry };
+            let id = cli::publish(s.mercure.hub_url.as_str(), &token, &update).await?;
+            println!("{id}");
+        }
+        Command::Subscribe { config, topic, pattern, last_event_id, count, token, anonymous } => {
+            let s = settings(&config, &[])?;
+            if topic.is_empty() && pattern.is_empty() {
+                bail!("give at least one --topic or --pattern");
+            }
+            let matchers: Vec<(String, String)> = topic
+                .into_iter()
+                .map(|t| ("match".to_owned(), t))
+                .chain(pattern.into_iter().map(|p| ("match_urlpattern".to_owned(), p)))
+                .collect();
+            let token = match (token, anonymous) {
+                (_, true) => None,
+                (Some(t), _) => Some(t),
+                (None, false) => Some(cli::mint_token(
+                    &s.mercure,
+                    &s.mercure.subscriber_key,
+                    s.mercure.algorithm,
+                    &all_topics(),
+                )?),
+            };
+            cli::subscribe(
+                s.mercure.hub_url.as_str(),
+                &matchers,
+                last_event_id.as_deref(),
+                token.as_deref(),
+                count,
+                |event| {
+                    println!("{event}");
+                    true
+                },
+            )
+            .await?;
+        }
+        Command::Token { config, publish, subscribe, secret, urlpattern, ttl, subject, legacy } => {
+            let s = settings(&config, &[])?;
+            if publish.is_empty() && subscribe.is_empty() {
+                bail!("give at least one --publish or --subscribe matcher");
+            }
+            let ttl = humantime::parse_duration(&ttl).with_context(|| format!("--ttl {ttl:?}"))?;
+            let key = secret.unwrap_or_else(|| {
+                if publish.is_empty() { s.mercure.subscriber_key.clone() } else { s.mercure.publisher_key.clone() }
+            });
+            let req = TokenRequest { publish, subscribe, urlpattern, ttl, subject, legacy };
+            println!("{}", cli::mint_token(&s.mercure, &key, s.mercure.algorithm, &req)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! Topic matchers: which topics a subscription (or a token grant) covers.
+//!
+//! The draft defines two matcher types, `exact` (byte-for-byte) and
+//! `urlpattern` (the WHATWG URL Pattern standard, relative patterns and
+//! topics resolved against the hub URL). Pre-standardization clients send
+//! selectors that are either an exact topic or an RFC 6570 URI template;
+//! those are the `legacy` kind. The value `*` matches every topic whatever
+//! the kind.
+
+use std::fmt;
+use std::sync::Arc;
+
+use regex::Regex;
+use url::Url;
+use urlpattern::{UrlPattern, UrlPatternInit, UrlPatternMatchInput, UrlPatternOptions};
+
+use super::uri_template;
+
+/// The matcher types a subscriber or a token can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatcherType {
+    /// Byte-for-byte comparison (the draft's default).
+    Exact,
+    /// WHATWG URL Pattern.
+    Urlpattern,
+    /// Pre-standardization selector: exact topic or URI template.
+    Legacy,
+}
+
+impl MatcherType {
+    /// The canonical name, as used in `match_<name>` and `match_type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            MatcherType::Exact => "exact",
+            MatcherType::Urlpattern => "urlpattern",
+            MatcherType::Legacy => "legacy",
+        }
+    }
+
+    /// Resolves a draft matcher type name (`exact`, `urlpattern`).
+    pub fn from_draft_name(name: &str) -> Option<Self> {
+        match name {
+            "exact" => Some(MatcherType::Exact),
+            "urlpattern" => Some(MatcherType::Urlpattern),
+            _ => None,
+        }
+    }
+}
+
+/// Why a matcher value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MatcherError {
+    /// The value breaks the character rules.
+    #[error("invalid matcher: {0}")]
+    Chars(String),
+    /// The value is not a well-formed URL Pattern.
+    #[error("invalid URL pattern {0:?}: {1}")]
+    UrlPattern(String, String),
+    /// The value is a malformed URI template.
+    #[error("{0}")]
+    Template(#[from] uri_template::TemplateError),
+    /// The value is longer than the configured limit.
+    #[error("matcher is {0} bytes long, over the limit of {1}")]
+    TooLong(usize, usize),
+}
+
+#[derive(Clone)]
+enum Compiled {
+    Wildcard,
+    Exact,
+    UrlPattern { pattern: Arc<UrlPattern>, base: Url },
+    Template(Regex),
+}
+
+/// A compiled topic matcher (cheap to clone).
+#[derive(Clone)]
+pub struct TopicMatcher {
+    kind: MatcherType,
+    raw: String,
+    compiled: Compiled,
+}
+
+impl fmt::Debug for TopicMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind.name(), self.raw)
+    }
+}
+
+impl TopicMatcher {
+    /// Compiles `raw` as a matcher of `kind`; `base` is the hub URL.
+    pub fn new(kind: MatcherType, raw: &str, base: &Url) -> Result<Self, MatcherError> {
+        super::text::check_chars("matcher", raw).map_err(MatcherError::Chars)?;
+        let compiled = if raw == "*" {
+            Compiled::Wildcard
+        } else {
+            match kind {
+                MatcherType::Exact => Compiled::Exact,
+                MatcherType::Urlpattern => compile_url_pattern(raw, base)?,
+                MatcherType::Legacy if uri_template::looks_like_template(raw) => {
+                    Compiled::Template(uri_template::compile(raw)?)
+                }
+                MatcherType::Legacy => Compiled::Exact,
+            }
+        };
+        Ok(TopicMatcher {
+            kind,
+            raw: raw.to_owned(),
+            compiled,
+        })
+    }
+
+    /// The matcher type.
+    pub fn kind(&self) -> MatcherType {
+        self.kind
+    }
+
+    /// The matcher as the client wrote it.
+    pub fn raw(&self) -> &str {
+        &self.raw
+    }
+
+    /// True for `*`, which matches every topic.
+    pub fn is_wildcard(&self) -> bool {
+        matches!(self.compiled, Compiled::Wildcard)
+    }
+
+    /// The topic this matcher selects when it is a plain byte comparison:
+    /// such matchers are found through the hub's exact-topic index instead
+    /// of being evaluated against every update.
+    pub fn exact_topic(&self) -> Option<&str> {
+        matches!(self.compiled, Compiled::Exact).then_some(self.raw.as_str())
+    }
+
+    /// Tests one topic.
+    pub fn matches(&self, topic: &str) -> bool {
+        match &self.compiled {
+            Compiled::Wildcard => true,
+            Compiled::Exact => self.raw == topic,
+            Compiled::Template(re) => self.raw == topic || re.is_match(topic),
+            Compiled::UrlPattern { pattern, base } => match base.join(topic) {
+                // A topic that is not a URL reference never matches a pattern.
+                Ok(url) => pattern.test(UrlPatternMatchInput::Url(url)).unwrap_or(false),
+                Err(_) => false,
+            },
+        }
+    }
+
+    /// Tests whether any of `topics` matches.
+    pub fn matches_any<'a>(&self, mut topics: impl Iterator<Item = &'a str>) -> bool {
+        topics.any(|t| self.matches(t))
+    }
+}
+
+fn compile_url_pattern(raw: &str, base: &Url) -> Result<Compiled, MatcherError> {
+    let bad = |e: urlpattern::Error| MatcherError::UrlPattern(raw.to_owned(), e.to_string());
+    let init = UrlPatternInit::parse_constructor_string::<regex::Regex>(raw, Some(base.clone()))
+        .map_err(bad)?;
+    let pattern = UrlPattern::parse(init, UrlPatternOptions { ignore_case: false }).map_err(bad)?;
+    Ok(Compiled::UrlPattern {
+        pattern: Arc::new(pattern),
+        base: base.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Url {
+        Url::parse("https://hub.example.com/.well-known/mercure").unwrap()
+    }
+
+    #[test]
+    fn exact_is_byte_for_byte() {
+        let m = TopicMatcher::new(MatcherType::Exact, "https://example.com/foo", &base()).unwrap();
+        assert!(m.matches("https://example.com/foo"));
+        assert!(!m.matches("https://example.com/Foo"));
+        assert!(!m.matches("https://example.com/foo/"));
+        assert_eq!(m.exact_topic(), Some("https://example.com/foo"));
+    }
+
+    #[test]
+    fn url_pattern_absolute_and_relative() {
+        let m = TopicMatcher::new(
+            MatcherType::Urlpattern,
+            "https://example.com/books/:id",
+            &base(),
+        )
+        .unwrap();
+        assert!(m.matches("https://example.com/books/1"));
+        assert!(!m.matches("https://example.com/books/1/reviews"));
+        assert!(!m.matches("https://example.com/BOOKS/1"));
+        assert!(!m.matches("no scheme at all"));
+        let rel = TopicMatcher::new(
+            MatcherType::Urlpattern,
+            "/.well-known/mercure/subscriptions/exact/:topic/:subscriber",
+            &base(),
+        )
+        .unwrap();
+        assert!(rel.matches("/.well-known/mercure/subscriptions/exact/a/b"));
+        assert!(rel.matches("https://hub.example.com/.well-known/mercure/subscriptions/exact/a/b"));
+        assert!(!rel.matches("https://other.example.com/.well-known/mercure/subscriptions/exact/a/b"));
+    }
+
+    #[test]
+    fn wildcard_and_legacy_templates() {
+        let all = TopicMatcher::new(MatcherType::Exact, "*", &base()).unwrap();
+        assert!(all.is_wildcard() && all.matches("anything"));
+        let t = TopicMatcher::new(MatcherType::Legacy, "https://e.com/b/{id}", &base()).unwrap();
+        assert!(t.matches("https://e.com/b/9") && !t.matches("https://e.com/c/9"));
+        assert!(TopicMatcher::new(MatcherType::Legacy, "https://e.com/{id", &base()).is_err());
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        assert!(matches!(
+            TopicMatcher::new(MatcherType::Urlpattern, "https://e.com/(", &base()),
+            Err(MatcherError::UrlPattern(..))
+        ));
+        assert!(matches!(
+            TopicMatcher::new(MatcherType::Exact, "a\nb", &base()),
+            Err(MatcherError::Chars(_))
+        ));
+    }
+}
