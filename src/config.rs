@@ -322,15 +322,19 @@ pub fn load(
 fn value_of(kind: Kind, raw: &str, origin: &str) -> Result<toml::Value, ConfigError> {
     Ok(match kind {
         Kind::Str => toml::Value::String(raw.to_owned()),
-        Kind::Int => toml::Value::Integer(
-            raw.trim()
-                .parse()
-                .map_err(|_| ConfigError::Parse(format!("{origin}: {raw:?} is not a whole number")))?,
-        ),
+        Kind::Int => {
+            toml::Value::Integer(raw.trim().parse().map_err(|_| {
+                ConfigError::Parse(format!("{origin}: {raw:?} is not a whole number"))
+            })?)
+        }
         Kind::Bool => toml::Value::Boolean(match raw.trim() {
             "true" | "1" | "yes" | "on" => true,
             "false" | "0" | "no" | "off" => false,
-            _ => return Err(ConfigError::Parse(format!("{origin}: {raw:?} is not true or false"))),
+            _ => {
+                return Err(ConfigError::Parse(format!(
+                    "{origin}: {raw:?} is not true or false"
+                )))
+            }
         }),
         Kind::List => toml::Value::Array(
             raw.split(',')
@@ -425,9 +429,27 @@ pub struct MercureSettings {
     pub limits: crate::protocol::mercure::request::Limits,
 }
 
+impl MercureSettings {
+    /// When listening on port 0, the hub URL derived from `listen` (and the
+    /// audience derived from it) take the port actually bound.
+    pub fn resolve_port(&mut self, port: u16) {
+        if self.hub_url.port() == Some(0) {
+            let derived_audience = self.audience == self.hub_url.as_str();
+            let _ = self.hub_url.set_port(Some(port));
+            if derived_audience {
+                self.audience = self.hub_url.to_string();
+            }
+        }
+    }
+}
+
 fn duration(key: &'static str, raw: &str) -> Result<Duration, ConfigError> {
-    let d = humantime::parse_duration(raw.trim())
-        .map_err(|e| invalid(key, format!("{raw:?} is not a duration like 30s or 5m ({e})")))?;
+    let d = humantime::parse_duration(raw.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("{raw:?} is not a duration like 30s or 5m ({e})"),
+        )
+    })?;
     Ok(d)
 }
 
@@ -451,10 +473,12 @@ fn default_data_dir() -> PathBuf {
 impl Config {
     /// Checks every value and resolves defaults.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
-        let listen: SocketAddr = self
-            .listen
-            .parse()
-            .map_err(|_| invalid("listen", format!("{:?} is not an address like 127.0.0.1:8000", self.listen)))?;
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{:?} is not an address like 127.0.0.1:8000", self.listen),
+            )
+        })?;
         if !["text", "json"].contains(&self.log.format.as_str()) {
             return Err(invalid("log.format", "must be text or json"));
         }
@@ -463,22 +487,37 @@ impl Config {
         let disk_history = match self.history.engine.as_str() {
             "disk" => true,
             "memory" => false,
-            other => return Err(invalid("history.engine", format!("{other:?} is not disk or memory"))),
+            other => {
+                return Err(invalid(
+                    "history.engine",
+                    format!("{other:?} is not disk or memory"),
+                ))
+            }
         };
         let m = &self.mercure;
         let hub_url = match &m.hub_url {
-            Some(u) => Url::parse(u).map_err(|e| invalid("mercure.hub_url", format!("{u:?}: {e}")))?,
+            Some(u) => {
+                Url::parse(u).map_err(|e| invalid("mercure.hub_url", format!("{u:?}: {e}")))?
+            }
             None => Url::parse(&format!("http://{listen}/.well-known/mercure"))
                 .map_err(|e| invalid("listen", e.to_string()))?,
         };
         if hub_url.cannot_be_a_base() || !["http", "https"].contains(&hub_url.scheme()) {
             return Err(invalid("mercure.hub_url", "must be an http(s) URL"));
         }
-        let algorithm: Algorithm = m
-            .algorithm
-            .parse()
-            .map_err(|_| invalid("mercure.algorithm", format!("{:?} is not a JWS algorithm such as HS256 or RS256", m.algorithm)))?;
-        let read_key = |key: &'static str, file: &Option<PathBuf>, inline: &Option<String>| -> Result<Option<String>, ConfigError> {
+        let algorithm: Algorithm = m.algorithm.parse().map_err(|_| {
+            invalid(
+                "mercure.algorithm",
+                format!(
+                    "{:?} is not a JWS algorithm such as HS256 or RS256",
+                    m.algorithm
+                ),
+            )
+        })?;
+        let read_key = |key: &'static str,
+                        file: &Option<PathBuf>,
+                        inline: &Option<String>|
+         -> Result<Option<String>, ConfigError> {
             if let Some(path) = file {
                 return std::fs::read_to_string(path)
                     .map(Some)
@@ -486,8 +525,16 @@ impl Config {
             }
             Ok(inline.clone().or_else(|| m.key.clone()))
         };
-        let publisher = read_key("mercure.publisher_key_file", &m.publisher_key_file, &m.publisher_key)?;
-        let subscriber = read_key("mercure.subscriber_key_file", &m.subscriber_key_file, &m.subscriber_key)?;
+        let publisher = read_key(
+            "mercure.publisher_key_file",
+            &m.publisher_key_file,
+            &m.publisher_key,
+        )?;
+        let subscriber = read_key(
+            "mercure.subscriber_key_file",
+            &m.subscriber_key_file,
+            &m.subscriber_key,
+        )?;
         let dev_key = publisher.is_none() || subscriber.is_none();
         if dev_key && !listen.ip().is_loopback() {
             return Err(invalid(
@@ -495,22 +542,40 @@ impl Config {
                 "no key is configured; the development key is only allowed on a loopback address",
             ));
         }
-        if dev_key && !matches!(algorithm, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-            return Err(invalid("mercure.key", "an asymmetric algorithm needs a configured key"));
+        if dev_key
+            && !matches!(
+                algorithm,
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+            )
+        {
+            return Err(invalid(
+                "mercure.key",
+                "an asymmetric algorithm needs a configured key",
+            ));
         }
         let publisher_key = publisher.unwrap_or_else(|| DEV_KEY.into());
         let subscriber_key = subscriber.unwrap_or_else(|| DEV_KEY.into());
-        for (key, material) in [("mercure.publisher_key", &publisher_key), ("mercure.subscriber_key", &subscriber_key)] {
+        for (key, material) in [
+            ("mercure.publisher_key", &publisher_key),
+            ("mercure.subscriber_key", &subscriber_key),
+        ] {
             crate::auth::jwt::TrustedKey::new(material, algorithm).map_err(|e| invalid(key, e))?;
         }
         for origin in &m.cors_origins {
-            let ok = origin == "*" || Url::parse(origin).is_ok_and(|u| u.origin().ascii_serialization() == *origin);
+            let ok = origin == "*"
+                || Url::parse(origin).is_ok_and(|u| u.origin().ascii_serialization() == *origin);
             if !ok {
-                return Err(invalid("mercure.cors_origins", format!("{origin:?} is not an origin like https://app.example.com")));
+                return Err(invalid(
+                    "mercure.cors_origins",
+                    format!("{origin:?} is not an origin like https://app.example.com"),
+                ));
             }
         }
         if m.cors_origins.iter().any(|o| o == "*") && m.cors_origins.len() > 1 {
-            return Err(invalid("mercure.cors_origins", "\"*\" cannot be combined with other origins"));
+            return Err(invalid(
+                "mercure.cors_origins",
+                "\"*\" cannot be combined with other origins",
+            ));
         }
         let issuer = m.issuer.clone();
         if issuer.is_empty() {
@@ -547,7 +612,8 @@ impl Config {
                 anonymous: m.anonymous,
                 compat: m.compat,
                 subscriptions: m.subscriptions,
-                heartbeat: duration("mercure.heartbeat", &m.heartbeat)?.max(Duration::from_millis(100)),
+                heartbeat: duration("mercure.heartbeat", &m.heartbeat)?
+                    .max(Duration::from_millis(100)),
                 sse_retry: m.sse_retry,
                 max_lifetime: m
                     .max_lifetime
@@ -581,14 +647,21 @@ mod tests {
         let s = load(None, no_env, &[]).unwrap().validate().unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:8000");
         assert!(s.disk_history && s.mercure.dev_key && s.mercure.compat);
-        assert_eq!(s.mercure.hub_url.as_str(), "http://127.0.0.1:8000/.well-known/mercure");
+        assert_eq!(
+            s.mercure.hub_url.as_str(),
+            "http://127.0.0.1:8000/.well-known/mercure"
+        );
     }
 
     #[test]
     fn flag_beats_env_beats_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("t.toml");
-        std::fs::write(&file, "listen = \"127.0.0.1:1\"\n[history]\nsize = 5\nengine = \"memory\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\n[history]\nsize = 5\nengine = \"memory\"\n",
+        )
+        .unwrap();
         let env = |k: &str| match k {
             "TIDINGS_LISTEN" => Some("127.0.0.1:2".to_string()),
             "TIDINGS_HISTORY_SIZE" => Some("7".to_string()),
@@ -603,7 +676,10 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let err = |pairs: &[(&str, &str)]| {
-            let o: Vec<(String, String)> = pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+            let o: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
             match load(None, no_env, &o) {
                 Err(e) => e.to_string(),
                 Ok(c) => c.validate().unwrap_err().to_string(),
@@ -621,15 +697,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("t.toml");
         std::fs::write(&file, "[history]\nsise = 5\n").unwrap();
-        assert!(load(Some(&file), no_env, &[]).unwrap_err().to_string().contains("sise"));
+        assert!(load(Some(&file), no_env, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("sise"));
     }
 
     #[test]
     fn every_key_is_documented_and_settable() {
         let doc = include_str!("../docs/configuration.md");
         for (key, kind) in KEYS {
-            assert!(doc.contains(&format!("`{key}`")), "{key} missing from docs/configuration.md");
-            assert!(doc.contains(&env_name(key)), "{} missing from docs", env_name(key));
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "{key} missing from docs/configuration.md"
+            );
+            assert!(
+                doc.contains(&env_name(key)),
+                "{} missing from docs",
+                env_name(key)
+            );
             let sample = match kind {
                 Kind::Str => "x",
                 Kind::Int => "1",

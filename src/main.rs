@@ -10,7 +10,11 @@ use tidings::cli::{self, TokenRequest, Update};
 use tidings::config::{self, Settings};
 
 #[derive(Parser)]
-#[command(name = "tidings", version, about = "A real-time hub: Mercure over Server-Sent Events")]
+#[command(
+    name = "tidings",
+    version,
+    about = "A real-time hub: Mercure over Server-Sent Events"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -131,7 +135,9 @@ enum Command {
 fn settings(args: &ConfigArgs, flags: &[(&str, Option<String>)]) -> Result<Settings> {
     let mut overrides = Vec::new();
     for kv in &args.set {
-        let (k, v) = kv.split_once('=').with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))?;
         overrides.push((k.to_owned(), v.to_owned()));
     }
     for (k, v) in flags {
@@ -139,13 +145,19 @@ fn settings(args: &ConfigArgs, flags: &[(&str, Option<String>)]) -> Result<Setti
             overrides.push((k.to_string(), v.clone()));
         }
     }
-    let config = config::load(args.config.as_deref(), |k| std::env::var(k).ok(), &overrides)?;
+    let config = config::load(
+        args.config.as_deref(),
+        |k| std::env::var(k).ok(),
+        &overrides,
+    )?;
     Ok(config.validate()?)
 }
 
 fn init_logs(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -166,7 +178,14 @@ fn all_topics() -> TokenRequest {
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Serve { config, listen, data_dir, history, log_level, log_format } => {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            history,
+            log_level,
+            log_format,
+        } => {
             let s = settings(
                 &config,
                 &[
@@ -190,17 +209,46 @@ async fn main() -> Result<()> {
             })
             .await?;
         }
-        Command::Publish { config, topic, data, private, id, event_type, retry, token } => {
+        Command::Publish {
+            config,
+            topic,
+            data,
+            private,
+            id,
+            event_type,
+            retry,
+            token,
+        } => {
             let s = settings(&config, &[])?;
             let token = match token {
                 Some(t) => t,
-                None => cli::mint_token(&s.mercure, &s.mercure.publisher_key, s.mercure.algorithm, &all_topics())?,
+                None => cli::mint_token(
+                    &s.mercure,
+                    &s.mercure.publisher_key,
+                    s.mercure.algorithm,
+                    &all_topics(),
+                )?,
             };
-            let update = Update { topics: topic, data, private, id, event_type, retry };
+            let update = Update {
+                topics: topic,
+                data,
+                private,
+                id,
+                event_type,
+                retry,
+            };
             let id = cli::publish(s.mercure.hub_url.as_str(), &token, &update).await?;
             println!("{id}");
         }
-        Command::Subscribe { config, topic, pattern, last_event_id, count, token, anonymous } => {
+        Command::Subscribe {
+            config,
+            topic,
+            pattern,
+            last_event_id,
+            count,
+            token,
+            anonymous,
+        } => {
             let s = settings(&config, &[])?;
             if topic.is_empty() && pattern.is_empty() {
                 bail!("give at least one --topic or --pattern");
@@ -208,7 +256,11 @@ async fn main() -> Result<()> {
             let matchers: Vec<(String, String)> = topic
                 .into_iter()
                 .map(|t| ("match".to_owned(), t))
-                .chain(pattern.into_iter().map(|p| ("match_urlpattern".to_owned(), p)))
+                .chain(
+                    pattern
+                        .into_iter()
+                        .map(|p| ("match_urlpattern".to_owned(), p)),
+                )
                 .collect();
             let token = match (token, anonymous) {
                 (_, true) => None,
@@ -233,17 +285,40 @@ async fn main() -> Result<()> {
             )
             .await?;
         }
-        Command::Token { config, publish, subscribe, secret, urlpattern, ttl, subject, legacy } => {
+        Command::Token {
+            config,
+            publish,
+            subscribe,
+            secret,
+            urlpattern,
+            ttl,
+            subject,
+            legacy,
+        } => {
             let s = settings(&config, &[])?;
             if publish.is_empty() && subscribe.is_empty() {
                 bail!("give at least one --publish or --subscribe matcher");
             }
             let ttl = humantime::parse_duration(&ttl).with_context(|| format!("--ttl {ttl:?}"))?;
             let key = secret.unwrap_or_else(|| {
-                if publish.is_empty() { s.mercure.subscriber_key.clone() } else { s.mercure.publisher_key.clone() }
+                if publish.is_empty() {
+                    s.mercure.subscriber_key.clone()
+                } else {
+                    s.mercure.publisher_key.clone()
+                }
             });
-            let req = TokenRequest { publish, subscribe, urlpattern, ttl, subject, legacy };
-            println!("{}", cli::mint_token(&s.mercure, &key, s.mercure.algorithm, &req)?);
+            let req = TokenRequest {
+                publish,
+                subscribe,
+                urlpattern,
+                ttl,
+                subject,
+                legacy,
+            };
+            println!(
+                "{}",
+                cli::mint_token(&s.mercure, &key, s.mercure.algorithm, &req)?
+            );
         }
     }
     Ok(())

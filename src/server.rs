@@ -61,8 +61,14 @@ pub fn router(mercure: Arc<MercureState>, cors_origins: &[String]) -> Router {
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(&hub_path, any(mercure_entry))
-        .route(&format!("{hub_path}/subscriptions"), get(mercure::subscriptions))
-        .route(&format!("{hub_path}/subscriptions/{{*rest}}"), get(mercure::subscriptions))
+        .route(
+            &format!("{hub_path}/subscriptions"),
+            get(mercure::subscriptions),
+        )
+        .route(
+            &format!("{hub_path}/subscriptions/{{*rest}}"),
+            get(mercure::subscriptions),
+        )
         .route(&mercure.metadata_path(), get(mercure::metadata))
         .with_state(mercure);
     match cors(cors_origins) {
@@ -95,7 +101,9 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
         layer.allow_origin(AllowOrigin::any())
     } else {
         let list: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
-        layer.allow_origin(AllowOrigin::list(list)).allow_credentials(true)
+        layer
+            .allow_origin(AllowOrigin::list(list))
+            .allow_credentials(true)
     })
 }
 
@@ -123,12 +131,7 @@ pub async fn serve(
     signal: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(SocketAddr),
 ) -> Result<(), ServerError> {
-    let history = open_history(&settings)?;
-    let hub = Hub::start(history, settings.hub.clone());
-    let shutdown = CancellationToken::new();
-    let mercure = MercureState::new(hub.clone(), settings.mercure.clone(), shutdown.clone())
-        .map_err(ServerError::Setup)?;
-    let app = router(mercure, &settings.mercure.cors_origins);
+    let mut settings = settings;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -136,6 +139,13 @@ pub async fn serve(
             source,
         })?;
     let addr = listener.local_addr()?;
+    settings.mercure.resolve_port(addr.port());
+    let history = open_history(&settings)?;
+    let hub = Hub::start(history, settings.hub.clone());
+    let shutdown = CancellationToken::new();
+    let mercure = MercureState::new(hub.clone(), settings.mercure.clone(), shutdown.clone())
+        .map_err(ServerError::Setup)?;
+    let app = router(mercure, &settings.mercure.cors_origins);
     on_bound(addr);
     tracing::info!(%addr, hub = %settings.mercure.hub_url, disk = settings.disk_history, "listening");
 

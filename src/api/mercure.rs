@@ -51,7 +51,11 @@ pub struct MercureState {
 
 impl MercureState {
     /// Builds the state from validated settings.
-    pub fn new(hub: Arc<Hub>, settings: MercureSettings, shutdown: CancellationToken) -> Result<Arc<Self>, String> {
+    pub fn new(
+        hub: Arc<Hub>,
+        settings: MercureSettings,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, String> {
         let key = |m: &str| crate::auth::jwt::TrustedKey::new(m, settings.algorithm);
         let verifier = Verifier {
             publisher: vec![key(&settings.publisher_key)?],
@@ -117,7 +121,12 @@ impl From<RequestError> for MercureError {
 }
 
 fn plain(status: StatusCode, message: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message + "\n").into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message + "\n",
+    )
+        .into_response()
 }
 
 impl MercureError {
@@ -131,19 +140,33 @@ impl MercureError {
             HeaderValue::from_str(&c).unwrap_or(HeaderValue::from_static("Bearer"))
         };
         let (status, error, message) = match self {
-            MercureError::Auth(AuthError::Missing) => (StatusCode::UNAUTHORIZED, None, "an access token is required".to_owned()),
+            MercureError::Auth(AuthError::Missing) => (
+                StatusCode::UNAUTHORIZED,
+                None,
+                "an access token is required".to_owned(),
+            ),
             MercureError::Auth(AuthError::InvalidToken(reason)) => {
                 tracing::info!(%reason, "invalid token");
-                (StatusCode::UNAUTHORIZED, Some("invalid_token"), "invalid access token".to_owned())
+                (
+                    StatusCode::UNAUTHORIZED,
+                    Some("invalid_token"),
+                    "invalid access token".to_owned(),
+                )
             }
-            MercureError::Auth(AuthError::InvalidRequest(m)) => (StatusCode::BAD_REQUEST, Some("invalid_request"), m),
+            MercureError::Auth(AuthError::InvalidRequest(m)) => {
+                (StatusCode::BAD_REQUEST, Some("invalid_request"), m)
+            }
             MercureError::Auth(AuthError::InsufficientScope) => (
                 StatusCode::FORBIDDEN,
                 Some("insufficient_scope"),
                 "the access token does not allow this operation".to_owned(),
             ),
-            MercureError::Request(RequestError::BadRequest(m)) => return plain(StatusCode::BAD_REQUEST, m),
-            MercureError::Request(RequestError::TooLarge(m)) => return plain(StatusCode::PAYLOAD_TOO_LARGE, m),
+            MercureError::Request(RequestError::BadRequest(m)) => {
+                return plain(StatusCode::BAD_REQUEST, m)
+            }
+            MercureError::Request(RequestError::TooLarge(m)) => {
+                return plain(StatusCode::PAYLOAD_TOO_LARGE, m)
+            }
             MercureError::UnsupportedMediaType => {
                 return plain(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -151,10 +174,13 @@ impl MercureError {
                 )
             }
             MercureError::Unavailable(m) => return plain(StatusCode::SERVICE_UNAVAILABLE, m),
-            MercureError::NotFound => return plain(StatusCode::NOT_FOUND, "no such subscription".into()),
+            MercureError::NotFound => {
+                return plain(StatusCode::NOT_FOUND, "no such subscription".into())
+            }
         };
         let mut res = plain(status, message);
-        res.headers_mut().insert(header::WWW_AUTHENTICATE, challenge(error));
+        res.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge(error));
         res
     }
 }
@@ -175,14 +201,16 @@ fn find_token(
     query_token: Option<String>,
 ) -> Result<Option<(String, TokenSource)>, AuthError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value
-            .to_str()
-            .map_err(|_| AuthError::InvalidRequest("the Authorization header is not ASCII".into()))?;
-        let (scheme, token) = value
-            .split_once(' ')
-            .ok_or_else(|| AuthError::InvalidRequest("the Authorization header must be `Bearer <token>`".into()))?;
+        let value = value.to_str().map_err(|_| {
+            AuthError::InvalidRequest("the Authorization header is not ASCII".into())
+        })?;
+        let (scheme, token) = value.split_once(' ').ok_or_else(|| {
+            AuthError::InvalidRequest("the Authorization header must be `Bearer <token>`".into())
+        })?;
         if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-            return Err(AuthError::InvalidRequest("the Authorization header must be `Bearer <token>`".into()));
+            return Err(AuthError::InvalidRequest(
+                "the Authorization header must be `Bearer <token>`".into(),
+            ));
         }
         return Ok(Some((token.trim().to_owned(), TokenSource::Header)));
     }
@@ -235,7 +263,10 @@ pub async fn subscribe(State(state): State<Arc<MercureState>>, req: Request) -> 
     }
 }
 
-async fn subscribe_inner(state: &Arc<MercureState>, req: Request) -> Result<Response, MercureError> {
+async fn subscribe_inner(
+    state: &Arc<MercureState>,
+    req: Request,
+) -> Result<Response, MercureError> {
     let (parts, body) = req.into_parts();
     let bad = |e: form::FormError| MercureError::Request(RequestError::BadRequest(e.to_string()));
     let query = form::parse(parts.uri.query().unwrap_or("").as_bytes()).map_err(bad)?;
@@ -267,12 +298,26 @@ async fn subscribe_inner(state: &Arc<MercureState>, req: Request) -> Result<Resp
     let subscription = state.hub.subscribe(req.matchers.clone(), filter.clone());
     let (replay, response_cursor) = match &cursor {
         None => (Vec::new(), None),
-        Some(id) => replay(state, id, subscription.snapshot_seq, &req.matchers, &*filter).await?,
+        Some(id) => {
+            replay(
+                state,
+                id,
+                subscription.snapshot_seq,
+                &req.matchers,
+                &*filter,
+            )
+            .await?
+        }
     };
 
     let subscriber = format!("urn:uuid:{}", uuid::Uuid::new_v4());
     let guard = if s.subscriptions {
-        Some(Box::new(announce(state, &subscriber, &req.matchers, grants.as_deref())) as Box<dyn Send + Sync>)
+        Some(Box::new(announce(
+            state,
+            &subscriber,
+            &req.matchers,
+            grants.as_deref(),
+        )) as Box<dyn Send + Sync>)
     } else {
         None
     };
@@ -299,8 +344,14 @@ async fn subscribe_inner(state: &Arc<MercureState>, req: Request) -> Result<Resp
     );
     let mut res = Response::new(Body::from_stream(stream));
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache, no-store"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache, no-store"),
+    );
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Some(c) = response_cursor.and_then(|c| HeaderValue::from_str(&c).ok()) {
         if s.compat {
@@ -336,11 +387,17 @@ async fn replay(
     let mut out = Vec::new();
     let mut from = after;
     loop {
-        let page = history.read_after(from, snapshot, REPLAY_PAGE).await.map_err(unavailable)?;
+        let page = history
+            .read_after(from, snapshot, REPLAY_PAGE)
+            .await
+            .map_err(unavailable)?;
         let Some(last) = page.last() else { break };
         from = last.seq;
         let full = page.len() == REPLAY_PAGE;
-        out.extend(page.into_iter().filter(|p| selects(matchers, p) && filter.admits(p)));
+        out.extend(
+            page.into_iter()
+                .filter(|p| selects(matchers, p) && filter.admits(p)),
+        );
         if !full {
             break;
         }
@@ -365,7 +422,10 @@ fn announce(
             payload: grants.and_then(|g| g.payload_for(m.raw())).cloned(),
         })
         .collect();
-    state.active.lock().insert(subscriber.to_owned(), active.clone());
+    state
+        .active
+        .lock()
+        .insert(subscriber.to_owned(), active.clone());
     publish_events(state, subscriber, &active, true);
     SubscriptionGuard {
         state: state.clone(),
@@ -442,11 +502,16 @@ async fn publish_inner(state: &Arc<MercureState>, req: Request) -> Result<Respon
     let query_token = if state.settings.compat {
         form::parse(parts.uri.query().unwrap_or("").as_bytes())
             .ok()
-            .and_then(|q| q.into_iter().find(|(k, _)| k == "authorization").map(|(_, v)| v))
+            .and_then(|q| {
+                q.into_iter()
+                    .find(|(k, _)| k == "authorization")
+                    .map(|(_, v)| v)
+            })
     } else {
         None
     };
-    let (token, source) = find_token(&parts.headers, state, query_token)?.ok_or(AuthError::Missing)?;
+    let (token, source) =
+        find_token(&parts.headers, state, query_token)?.ok_or(AuthError::Missing)?;
     let grants = state.verifier.verify(&token, Role::Publisher)?;
     if source == TokenSource::Cookie && !same_origin_or_allowed(state, &parts.headers) {
         // Cookie-authenticated publishing is a CSRF target.
@@ -484,7 +549,12 @@ async fn publish_inner(state: &Arc<MercureState>, req: Request) -> Result<Respon
 }
 
 fn plain_id(id: &str) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], id.to_owned()).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        id.to_owned(),
+    )
+        .into_response()
 }
 
 fn same_origin_or_allowed(state: &MercureState, headers: &HeaderMap) -> bool {
@@ -501,7 +571,7 @@ fn same_origin_or_allowed(state: &MercureState, headers: &HeaderMap) -> bool {
         });
     let Some(origin) = origin else { return false };
     origin == state.settings.hub_url.origin().ascii_serialization()
-        || state.settings.cors_origins.iter().any(|o| *o == origin)
+        || state.settings.cors_origins.contains(&origin)
 }
 
 /// `GET {hub}/subscriptions[/…]`: the subscriptions API.
@@ -512,7 +582,10 @@ pub async fn subscriptions(State(state): State<Arc<MercureState>>, req: Request)
     }
 }
 
-async fn subscriptions_inner(state: &Arc<MercureState>, req: Request) -> Result<Response, MercureError> {
+async fn subscriptions_inner(
+    state: &Arc<MercureState>,
+    req: Request,
+) -> Result<Response, MercureError> {
     if !state.settings.subscriptions {
         return Err(MercureError::NotFound);
     }
@@ -520,7 +593,11 @@ async fn subscriptions_inner(state: &Arc<MercureState>, req: Request) -> Result<
     let query_token = if state.settings.compat {
         form::parse(req.uri().query().unwrap_or("").as_bytes())
             .ok()
-            .and_then(|q| q.into_iter().find(|(k, _)| k == "authorization").map(|(_, v)| v))
+            .and_then(|q| {
+                q.into_iter()
+                    .find(|(k, _)| k == "authorization")
+                    .map(|(_, v)| v)
+            })
     } else {
         None
     };
@@ -534,17 +611,26 @@ async fn subscriptions_inner(state: &Arc<MercureState>, req: Request) -> Result<
     let segments: Vec<String> = rest
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect();
     // Which subscriptions the path selects, and whether it names one.
-    let (kind, matcher, subscriber): (Option<MatcherType>, Option<&str>, Option<&str>) = match segments.as_slice() {
-        [] => (None, None, None),
-        [t, m] if MatcherType::from_draft_name(t).is_some() => (MatcherType::from_draft_name(t), Some(m), None),
-        [t, m, s] if MatcherType::from_draft_name(t).is_some() => (MatcherType::from_draft_name(t), Some(m), Some(s)),
-        [m] if state.settings.compat => (Some(MatcherType::Legacy), Some(m), None),
-        [m, s] if state.settings.compat => (Some(MatcherType::Legacy), Some(m), Some(s)),
-        _ => return Err(MercureError::NotFound),
-    };
+    let (kind, matcher, subscriber): (Option<MatcherType>, Option<&str>, Option<&str>) =
+        match segments.as_slice() {
+            [] => (None, None, None),
+            [t, m] if MatcherType::from_draft_name(t).is_some() => {
+                (MatcherType::from_draft_name(t), Some(m), None)
+            }
+            [t, m, s] if MatcherType::from_draft_name(t).is_some() => {
+                (MatcherType::from_draft_name(t), Some(m), Some(s))
+            }
+            [m] if state.settings.compat => (Some(MatcherType::Legacy), Some(m), None),
+            [m, s] if state.settings.compat => (Some(MatcherType::Legacy), Some(m), Some(s)),
+            _ => return Err(MercureError::NotFound),
+        };
     let last_event_id = state
         .hub
         .history()
@@ -561,7 +647,9 @@ async fn subscriptions_inner(state: &Arc<MercureState>, req: Request) -> Result<
                 continue;
             }
             for a in subs {
-                if kind.is_some_and(|k| k != a.match_type) || matcher.is_some_and(|m| m != a.matcher) {
+                if kind.is_some_and(|k| k != a.match_type)
+                    || matcher.is_some_and(|m| m != a.matcher)
+                {
                     continue;
                 }
                 docs.push(
@@ -598,7 +686,10 @@ async fn subscriptions_inner(state: &Arc<MercureState>, req: Request) -> Result<
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", last_event_id.replace('"', "%22"))) {
         h.insert(header::ETAG, v);
     }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("must-revalidate"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("must-revalidate"),
+    );
     Ok(res)
 }
 

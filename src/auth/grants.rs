@@ -55,9 +55,7 @@ impl Grants {
 
     /// True when the token may receive a private update with `topics`.
     pub fn may_read<'a>(&self, topics: impl Iterator<Item = &'a str> + Clone) -> bool {
-        self.subscribe
-            .iter()
-            .any(|m| m.matches_any(topics.clone()))
+        self.subscribe.iter().any(|m| m.matches_any(topics.clone()))
     }
 
     /// The payload attached to a subscription whose matcher is `matcher`:
@@ -141,7 +139,11 @@ impl Grants {
     /// Reads the pre-standardization `mercure` claim
     /// (`{"publish": [...], "subscribe": [...], "payload": ...}`), whose
     /// selectors are exact topics, URI templates or `*`.
-    pub fn from_legacy_claim(claims: &Value, hub: &Url, limits: &GrantLimits) -> Result<Grants, AuthError> {
+    pub fn from_legacy_claim(
+        claims: &Value,
+        hub: &Url,
+        limits: &GrantLimits,
+    ) -> Result<Grants, AuthError> {
         let invalid = |m: &str| AuthError::InvalidToken(m.to_owned());
         let mut grants = Grants::default();
         let Some(claim) = claims.get("mercure") else {
@@ -150,7 +152,10 @@ impl Grants {
         if !claim.is_object() {
             return Err(invalid("the mercure claim is not an object"));
         }
-        for (name, out) in [("publish", &mut grants.publish), ("subscribe", &mut grants.subscribe)] {
+        for (name, out) in [
+            ("publish", &mut grants.publish),
+            ("subscribe", &mut grants.subscribe),
+        ] {
             match claim.get(name) {
                 None | Some(Value::Null) => {}
                 Some(Value::Array(selectors)) => {
@@ -158,7 +163,9 @@ impl Grants {
                         return Err(invalid("too many selectors"));
                     }
                     for s in selectors {
-                        let s = s.as_str().ok_or_else(|| invalid("a selector is not a string"))?;
+                        let s = s
+                            .as_str()
+                            .ok_or_else(|| invalid("a selector is not a string"))?;
                         if s.len() > limits.max_pattern_len {
                             return Err(invalid("selector too long"));
                         }
@@ -176,7 +183,11 @@ impl Grants {
     }
 }
 
-fn topic_matcher(entry: &Value, hub: &Url, limits: &GrantLimits) -> Result<TopicMatcher, AuthError> {
+fn topic_matcher(
+    entry: &Value,
+    hub: &Url,
+    limits: &GrantLimits,
+) -> Result<TopicMatcher, AuthError> {
     let invalid = |m: &str| AuthError::InvalidToken(m.to_owned());
     let obj = entry
         .as_object()
@@ -190,8 +201,9 @@ fn topic_matcher(entry: &Value, hub: &Url, limits: &GrantLimits) -> Result<Topic
     }
     let kind = match obj.get("match_type") {
         None => MatcherType::Exact,
-        Some(Value::String(t)) => MatcherType::from_draft_name(t)
-            .ok_or_else(|| invalid("unsupported match_type"))?,
+        Some(Value::String(t)) => {
+            MatcherType::from_draft_name(t).ok_or_else(|| invalid("unsupported match_type"))?
+        }
         Some(_) => return Err(invalid("match_type is not a string")),
     };
     TopicMatcher::new(kind, pattern, hub).map_err(|e| AuthError::InvalidToken(e.to_string()))
@@ -217,7 +229,8 @@ mod tests {
             {"type": DETAIL_TYPE, "actions": ["publish"], "topics": [{"match": "*"}]},
             {"type": "https://other.example/ignored", "whatever": true}
         ]});
-        let g = Grants::from_authorization_details(&claims, &hub(), &GrantLimits::default()).unwrap();
+        let g =
+            Grants::from_authorization_details(&claims, &hub(), &GrantLimits::default()).unwrap();
         assert!(g.may_publish(["x", "y"].into_iter()));
         assert!(g.may_read(["https://e.com/bar/1"].into_iter()));
         assert!(!g.may_read(["https://e.com/baz"].into_iter()));
@@ -237,7 +250,10 @@ mod tests {
             json!({"authorization_details": [{"type": DETAIL_TYPE, "actions": ["publish"], "topics": [{"match": "a", "match_type": "regex"}]}]}),
             json!({"authorization_details": [{"type": DETAIL_TYPE, "actions": ["publish"], "topics": [{"match": "https://e.com/(", "match_type": "urlpattern"}]}]}),
         ] {
-            assert!(Grants::from_authorization_details(&bad, &hub(), &l).is_err(), "{bad}");
+            assert!(
+                Grants::from_authorization_details(&bad, &hub(), &l).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -47,7 +47,9 @@ impl TrustedKey {
             RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => {
                 DecodingKey::from_rsa_pem(material.as_bytes()).map_err(|e| e.to_string())?
             }
-            ES256 | ES384 => DecodingKey::from_ec_pem(material.as_bytes()).map_err(|e| e.to_string())?,
+            ES256 | ES384 => {
+                DecodingKey::from_ec_pem(material.as_bytes()).map_err(|e| e.to_string())?
+            }
             EdDSA => DecodingKey::from_ed_pem(material.as_bytes()).map_err(|e| e.to_string())?,
         };
         Ok(TrustedKey {
@@ -138,14 +140,21 @@ impl Verifier {
 
 /// Signs `claims` (for `tidings token` and tests). `typ` is `at+jwt` for
 /// draft tokens and `JWT` for pre-standardization ones.
-pub fn mint(claims: &Value, material: &str, algorithm: Algorithm, access_token: bool) -> Result<String, String> {
+pub fn mint(
+    claims: &Value,
+    material: &str,
+    algorithm: Algorithm,
+    access_token: bool,
+) -> Result<String, String> {
     use Algorithm::*;
     let key = match algorithm {
         HS256 | HS384 | HS512 => EncodingKey::from_secret(material.as_bytes()),
         RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => {
             EncodingKey::from_rsa_pem(material.as_bytes()).map_err(|e| e.to_string())?
         }
-        ES256 | ES384 => EncodingKey::from_ec_pem(material.as_bytes()).map_err(|e| e.to_string())?,
+        ES256 | ES384 => {
+            EncodingKey::from_ec_pem(material.as_bytes()).map_err(|e| e.to_string())?
+        }
         EdDSA => EncodingKey::from_ed_pem(material.as_bytes()).map_err(|e| e.to_string())?,
     };
     let mut header = Header::new(algorithm);
@@ -196,28 +205,55 @@ mod tests {
         let v = verifier(false);
         let bad = |t: &str, role| matches!(v.verify(t, role), Err(AuthError::InvalidToken(_)));
         // expired
-        assert!(bad(&mint(&claims(-10), SECRET, Algorithm::HS256, true).unwrap(), Role::Subscriber));
+        assert!(bad(
+            &mint(&claims(-10), SECRET, Algorithm::HS256, true).unwrap(),
+            Role::Subscriber
+        ));
         // wrong key / wrong role key
-        assert!(bad(&mint(&claims(60), "other", Algorithm::HS256, true).unwrap(), Role::Subscriber));
-        assert!(bad(&mint(&claims(60), SECRET, Algorithm::HS256, true).unwrap(), Role::Publisher));
+        assert!(bad(
+            &mint(&claims(60), "other", Algorithm::HS256, true).unwrap(),
+            Role::Subscriber
+        ));
+        assert!(bad(
+            &mint(&claims(60), SECRET, Algorithm::HS256, true).unwrap(),
+            Role::Publisher
+        ));
         // not at+jwt
-        assert!(bad(&mint(&claims(60), SECRET, Algorithm::HS256, false).unwrap(), Role::Subscriber));
+        assert!(bad(
+            &mint(&claims(60), SECRET, Algorithm::HS256, false).unwrap(),
+            Role::Subscriber
+        ));
         // algorithm not allowed for the key
-        assert!(bad(&mint(&claims(60), SECRET, Algorithm::HS512, true).unwrap(), Role::Subscriber));
+        assert!(bad(
+            &mint(&claims(60), SECRET, Algorithm::HS512, true).unwrap(),
+            Role::Subscriber
+        ));
         // wrong audience / issuer / no exp
         let mut c = claims(60);
         c["aud"] = json!("https://elsewhere");
-        assert!(bad(&mint(&c, SECRET, Algorithm::HS256, true).unwrap(), Role::Subscriber));
+        assert!(bad(
+            &mint(&c, SECRET, Algorithm::HS256, true).unwrap(),
+            Role::Subscriber
+        ));
         let mut c = claims(60);
         c["iss"] = json!("https://evil");
-        assert!(bad(&mint(&c, SECRET, Algorithm::HS256, true).unwrap(), Role::Subscriber));
+        assert!(bad(
+            &mint(&c, SECRET, Algorithm::HS256, true).unwrap(),
+            Role::Subscriber
+        ));
         let mut c = claims(60);
         c.as_object_mut().unwrap().remove("exp");
-        assert!(bad(&mint(&c, SECRET, Algorithm::HS256, true).unwrap(), Role::Subscriber));
+        assert!(bad(
+            &mint(&c, SECRET, Algorithm::HS256, true).unwrap(),
+            Role::Subscriber
+        ));
         // not yet valid
         let mut c = claims(60);
         c["nbf"] = json!(c["exp"].as_i64().unwrap() + 100);
-        assert!(bad(&mint(&c, SECRET, Algorithm::HS256, true).unwrap(), Role::Subscriber));
+        assert!(bad(
+            &mint(&c, SECRET, Algorithm::HS256, true).unwrap(),
+            Role::Subscriber
+        ));
         // alg none and garbage
         let none = format!(
             "{}.{}.",
@@ -230,7 +266,13 @@ mod tests {
 
     #[test]
     fn legacy_tokens_only_in_compatibility_mode() {
-        let t = mint(&json!({"mercure": {"subscribe": ["*"]}}), SECRET, Algorithm::HS256, false).unwrap();
+        let t = mint(
+            &json!({"mercure": {"subscribe": ["*"]}}),
+            SECRET,
+            Algorithm::HS256,
+            false,
+        )
+        .unwrap();
         assert!(verifier(false).verify(&t, Role::Subscriber).is_err());
         let g = verifier(true).verify(&t, Role::Subscriber).unwrap();
         assert!(g.may_read(["x"].into_iter()));

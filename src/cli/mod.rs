@@ -52,7 +52,12 @@ pub struct TokenRequest {
 }
 
 /// Signs a token for the hub described by `s` with `key`.
-pub fn mint_token(s: &MercureSettings, key: &str, algorithm: Algorithm, req: &TokenRequest) -> Result<String, ClientError> {
+pub fn mint_token(
+    s: &MercureSettings,
+    key: &str,
+    algorithm: Algorithm,
+    req: &TokenRequest,
+) -> Result<String, ClientError> {
     let now = crate::hub::publication::now_ms() / 1000;
     let claims = if req.legacy {
         json!({"exp": now + req.ttl.as_secs(), "sub": req.subject,
@@ -105,7 +110,11 @@ pub struct Update {
 
 /// Publishes `update` to the hub at `hub_url`; returns the event id.
 pub async fn publish(hub_url: &str, token: &str, update: &Update) -> Result<String, ClientError> {
-    let mut body: Vec<String> = update.topics.iter().map(|t| format!("topic={}", form::encode(t))).collect();
+    let mut body: Vec<String> = update
+        .topics
+        .iter()
+        .map(|t| format!("topic={}", form::encode(t)))
+        .collect();
     body.push(format!("data={}", form::encode(&update.data)));
     if update.private {
         body.push("private=on".into());
@@ -129,7 +138,10 @@ pub async fn publish(hub_url: &str, token: &str, update: &Update) -> Result<Stri
     let status = res.status().as_u16();
     let text = res.text().await?;
     if status != 200 {
-        return Err(ClientError::Refused { status, body: text.trim().to_owned() });
+        return Err(ClientError::Refused {
+            status,
+            body: text.trim().to_owned(),
+        });
     }
     Ok(text)
 }
@@ -149,7 +161,9 @@ pub async fn subscribe(
     for (name, value) in matchers {
         url.query_pairs_mut().append_pair(name, value);
     }
-    let mut req = reqwest::Client::new().get(url).header("accept", "text/event-stream");
+    let mut req = reqwest::Client::new()
+        .get(url)
+        .header("accept", "text/event-stream");
     if let Some(id) = last_event_id {
         req = req.header("last-event-id", id);
     }
@@ -160,7 +174,10 @@ pub async fn subscribe(
     let status = res.status().as_u16();
     if status != 200 {
         let body = res.text().await.unwrap_or_default();
-        return Err(ClientError::Refused { status, body: body.trim().to_owned() });
+        return Err(ClientError::Refused {
+            status,
+            body: body.trim().to_owned(),
+        });
     }
     let mut parser = sse::Parser::default();
     let mut seen = 0;

@@ -49,7 +49,10 @@ impl DiskHistory {
     /// Opens (or creates) `dir/history.redb`.
     pub fn open(dir: &Path, retention: Retention) -> Result<Self, HistoryError> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            HistoryError::Store(format!("cannot create data directory {}: {e}", dir.display()))
+            HistoryError::Store(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
         })?;
         let db = Database::create(dir.join("history.redb")).map_err(store)?;
         let txn = db.begin_write().map_err(store)?;

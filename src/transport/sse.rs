@@ -72,7 +72,9 @@ impl EventStream {
             replay: replay.into_iter(),
             subscription,
             heartbeat: tokio::time::interval_at(start, options.heartbeat),
-            deadline: options.deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            deadline: options
+                .deadline
+                .map(|d| Box::pin(tokio::time::sleep_until(d))),
             shutdown: Box::pin(options.shutdown.cancelled_owned()),
             batch: Vec::with_capacity(BATCH),
             finished: false,
@@ -113,7 +115,11 @@ impl Stream for EventStream {
             }
         }
         let skip_upto = this.subscription.snapshot_seq;
-        match this.subscription.rx.poll_recv_many(cx, &mut this.batch, BATCH) {
+        match this
+            .subscription
+            .rx
+            .poll_recv_many(cx, &mut this.batch, BATCH)
+        {
             Poll::Ready(0) => {
                 let reason = this.subscription.close_reason().unwrap_or("unsubscribed");
                 this.finish(reason)

@@ -140,7 +140,9 @@ impl TopicMatcher {
             Compiled::Template(re) => self.raw == topic || re.is_match(topic),
             Compiled::UrlPattern { pattern, base } => match base.join(topic) {
                 // A topic that is not a URL reference never matches a pattern.
-                Ok(url) => pattern.test(UrlPatternMatchInput::Url(url)).unwrap_or(false),
+                Ok(url) => pattern
+                    .test(UrlPatternMatchInput::Url(url))
+                    .unwrap_or(false),
                 Err(_) => false,
             },
         }
@@ -200,7 +202,9 @@ mod tests {
         .unwrap();
         assert!(rel.matches("/.well-known/mercure/subscriptions/exact/a/b"));
         assert!(rel.matches("https://hub.example.com/.well-known/mercure/subscriptions/exact/a/b"));
-        assert!(!rel.matches("https://other.example.com/.well-known/mercure/subscriptions/exact/a/b"));
+        assert!(
+            !rel.matches("https://other.example.com/.well-known/mercure/subscriptions/exact/a/b")
+        );
     }
 
     #[test]

@@ -241,14 +241,21 @@ pub fn parse_subscribe(
                 )));
             }
             let m = TopicMatcher::new(kind, &value, hub)?;
-            if !matchers.iter().any(|o| o.kind() == kind && o.raw() == value) {
+            if !matchers
+                .iter()
+                .any(|o| o.kind() == kind && o.raw() == value)
+            {
                 matchers.push(m);
             }
             continue;
         }
         let is_cursor = name == "last_event_id" || (legacy && name == "lastEventID");
         if is_cursor {
-            let slot = if from_query { &mut query_cursor } else { &mut body_cursor };
+            let slot = if from_query {
+                &mut query_cursor
+            } else {
+                &mut body_cursor
+            };
             slot.get_or_insert(value);
         } else if legacy && name == "authorization" && legacy_token.is_none() {
             legacy_token = Some(value);
@@ -288,7 +295,9 @@ mod tests {
     }
 
     fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -319,7 +328,10 @@ mod tests {
         let l = Limits::default();
         let err = |p: &[(&str, &str)]| parse_publish(pairs(p), &hub(), &l).unwrap_err();
         assert!(matches!(err(&[("data", "x")]), RequestError::BadRequest(_)));
-        assert!(matches!(err(&[("topic", "*")]), RequestError::BadRequest(_)));
+        assert!(matches!(
+            err(&[("topic", "*")]),
+            RequestError::BadRequest(_)
+        ));
         for t in [
             "/.well-known/mercure",
             "/.well-known/mercure/subscriptions/x",
@@ -328,26 +340,54 @@ mod tests {
             "/.well-known/mercure/../mercure/x",
             "/a/../.well-known/mercure",
         ] {
-            assert!(matches!(err(&[("topic", t)]), RequestError::BadRequest(_)), "{t}");
+            assert!(
+                matches!(err(&[("topic", t)]), RequestError::BadRequest(_)),
+                "{t}"
+            );
         }
         assert!(parse_publish(pairs(&[("topic", "/.well-known/mercurex")]), &hub(), &l).is_ok());
-        assert!(matches!(err(&[("topic", "a"), ("id", "#x")]), RequestError::BadRequest(_)));
-        assert!(matches!(err(&[("topic", "a"), ("id", "earliest")]), RequestError::BadRequest(_)));
-        assert!(matches!(err(&[("topic", "a"), ("id", "a\nb")]), RequestError::BadRequest(_)));
-        assert!(matches!(err(&[("topic", "a"), ("type", "mercure")]), RequestError::BadRequest(_)));
-        assert!(matches!(err(&[("topic", "a"), ("retry", "1s")]), RequestError::BadRequest(_)));
-        assert!(matches!(err(&[("topic", "a\u{200b}")]), RequestError::BadRequest(_)));
+        assert!(matches!(
+            err(&[("topic", "a"), ("id", "#x")]),
+            RequestError::BadRequest(_)
+        ));
+        assert!(matches!(
+            err(&[("topic", "a"), ("id", "earliest")]),
+            RequestError::BadRequest(_)
+        ));
+        assert!(matches!(
+            err(&[("topic", "a"), ("id", "a\nb")]),
+            RequestError::BadRequest(_)
+        ));
+        assert!(matches!(
+            err(&[("topic", "a"), ("type", "mercure")]),
+            RequestError::BadRequest(_)
+        ));
+        assert!(matches!(
+            err(&[("topic", "a"), ("retry", "1s")]),
+            RequestError::BadRequest(_)
+        ));
+        assert!(matches!(
+            err(&[("topic", "a\u{200b}")]),
+            RequestError::BadRequest(_)
+        ));
         let many: Vec<(&str, &str)> = (0..101).map(|_| ("topic", "t")).collect();
         assert!(matches!(err(&many), RequestError::TooLarge(_)));
         let long = "x".repeat(3000);
-        assert!(matches!(err(&[("topic", long.as_str())]), RequestError::TooLarge(_)));
+        assert!(matches!(
+            err(&[("topic", long.as_str())]),
+            RequestError::TooLarge(_)
+        ));
     }
 
     #[test]
     fn subscribe_parameters() {
         let l = Limits::default();
         let r = parse_subscribe(
-            pairs(&[("match", "a"), ("match_urlpattern", "https://e.com/:id"), ("match", "a")]),
+            pairs(&[
+                ("match", "a"),
+                ("match_urlpattern", "https://e.com/:id"),
+                ("match", "a"),
+            ]),
             pairs(&[("match_exact", "b"), ("last_event_id", "from-body")]),
             &hub(),
             false,
@@ -389,7 +429,11 @@ mod tests {
     #[test]
     fn legacy_parameters() {
         let r = parse_subscribe(
-            pairs(&[("topic", "a"), ("lastEventID", "x"), ("authorization", "tok")]),
+            pairs(&[
+                ("topic", "a"),
+                ("lastEventID", "x"),
+                ("authorization", "tok"),
+            ]),
             vec![],
             &hub(),
             true,

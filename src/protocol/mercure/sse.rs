@@ -114,9 +114,16 @@ pub struct ParsedEvent {
 impl Parser {
     /// Feeds bytes; returns the events completed by them.
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<ParsedEvent> {
-        self.buf.extend_from_slice(chunk);
         let mut events = Vec::new();
-        while let Some(pos) = self.buf.iter().position(|&b| b == b'\n' || b == b'\r') {
+        // Only the new bytes can hold a line break we have not seen yet.
+        let mut scan = self.buf.len();
+        self.buf.extend_from_slice(chunk);
+        let mut start = 0;
+        while let Some(rel) = self.buf[scan..]
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+        {
+            let pos = scan + rel;
             // A CR at the very end may be the first half of CRLF.
             if self.buf[pos] == b'\r' && pos + 1 == self.buf.len() {
                 break;
@@ -126,43 +133,49 @@ impl Parser {
             } else {
                 1
             };
-            let line: Vec<u8> = self.buf.drain(..pos + skip).take(pos).collect();
-            let line = String::from_utf8_lossy(&line).into_owned();
-            if line.is_empty() {
-                if let Some(data) = self.data.take() {
-                    events.push(ParsedEvent {
-                        id: self.id.clone(),
-                        event: self.event.take(),
-                        data,
-                    });
-                }
-                self.event = None;
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (name, value) = match line.find(':') {
-                Some(i) => {
-                    let v = &line[i + 1..];
-                    (&line[..i], v.strip_prefix(' ').unwrap_or(v))
-                }
-                None => (line.as_str(), ""),
-            };
-            match name {
-                "id" => self.id = Some(value.to_owned()),
-                "event" => self.event = Some(value.to_owned()),
-                "data" => match &mut self.data {
-                    Some(d) => {
-                        d.push('\n');
-                        d.push_str(value);
-                    }
-                    None => self.data = Some(value.to_owned()),
-                },
-                _ => {}
-            }
+            let line = String::from_utf8_lossy(&self.buf[start..pos]).into_owned();
+            start = pos + skip;
+            scan = start;
+            self.line(line, &mut events);
         }
+        self.buf.drain(..start);
         events
+    }
+
+    fn line(&mut self, line: String, events: &mut Vec<ParsedEvent>) {
+        if line.is_empty() {
+            if let Some(data) = self.data.take() {
+                events.push(ParsedEvent {
+                    id: self.id.clone(),
+                    event: self.event.take(),
+                    data,
+                });
+            }
+            self.event = None;
+            return;
+        }
+        if line.starts_with(':') {
+            return;
+        }
+        let (name, value) = match line.find(':') {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(' ').unwrap_or(v))
+            }
+            None => (line.as_str(), ""),
+        };
+        match name {
+            "id" => self.id = Some(value.to_owned()),
+            "event" => self.event = Some(value.to_owned()),
+            "data" => match &mut self.data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => self.data = Some(value.to_owned()),
+            },
+            _ => {}
+        }
     }
 }
 
@@ -214,7 +227,12 @@ mod tests {
 
     #[test]
     fn empty_data_still_dispatches() {
-        let bytes = encode(&Event { id: "1", event_type: None, retry: None, data: "" });
+        let bytes = encode(&Event {
+            id: "1",
+            event_type: None,
+            retry: None,
+            data: "",
+        });
         assert_eq!(&bytes[..], b"id: 1\ndata: \n\n");
         assert_eq!(Parser::default().feed(&bytes)[0].data, "");
     }

@@ -125,7 +125,10 @@ mod tests {
         let j = doc.to_json();
         assert_eq!(j["type"], "subscription");
         assert_eq!(j["payload"]["foo"], "bar");
-        let pct = SubscriptionDoc { matcher: "a%20b", ..doc };
+        let pct = SubscriptionDoc {
+            matcher: "a%20b",
+            ..doc
+        };
         assert!(pct.topic().contains("a%2520b"));
     }
 

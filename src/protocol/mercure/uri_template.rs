@@ -37,7 +37,9 @@ pub fn compile(template: &str) -> Result<Regex, TemplateError> {
         }
         re.push_str(&regex::escape(&rest[..open]));
         let after = &rest[open + 1..];
-        let close = after.find('}').ok_or_else(|| err("unterminated expression"))?;
+        let close = after
+            .find('}')
+            .ok_or_else(|| err("unterminated expression"))?;
         let expr = &after[..close];
         if expr.contains('{') {
             return Err(err("nested '{'"));
@@ -75,7 +77,9 @@ fn expression(expr: &str) -> Option<String> {
         Some('.') => format!("(?:\\.{UNRESERVED}*)*"),
         Some('/') => format!("(?:/{UNRESERVED}*)*"),
         Some(';') => format!("(?:;{UNRESERVED}+(?:={UNRESERVED}*)?)*"),
-        Some('?') => format!("(?:\\?{UNRESERVED}+={UNRESERVED}*(?:&{UNRESERVED}+={UNRESERVED}*)*)?"),
+        Some('?') => {
+            format!("(?:\\?{UNRESERVED}+={UNRESERVED}*(?:&{UNRESERVED}+={UNRESERVED}*)*)?")
+        }
         Some(_) => format!("(?:&{UNRESERVED}+={UNRESERVED}*)*"),
     })
 }
