@@ -278,6 +278,23 @@ mod tests {
         assert!(g.may_read(["x"].into_iter()));
     }
 
+    #[test]
+    fn rs256_tokens_and_no_algorithm_confusion() {
+        let public = include_str!("../../tests/fixtures/rsa_public.pem");
+        let private = include_str!("../../tests/fixtures/rsa_private.pem");
+        let v = Verifier {
+            subscriber: vec![TrustedKey::new(public, Algorithm::RS256).unwrap()],
+            ..verifier(false)
+        };
+        let t = mint(&claims(60), private, Algorithm::RS256, true).unwrap();
+        assert!(v.verify(&t, Role::Subscriber).is_ok());
+        // An HS256 token "signed" with the public key as HMAC secret.
+        let forged = mint(&claims(60), public, Algorithm::HS256, true).unwrap();
+        assert!(matches!(v.verify(&forged, Role::Subscriber), Err(AuthError::InvalidToken(_))));
+        // A key that is not a PEM is refused at configuration time.
+        assert!(TrustedKey::new("not a pem", Algorithm::RS256).is_err());
+    }
+
     fn base64_url(s: &str) -> String {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
