@@ -632,14 +632,30 @@ async fn rs256_keys_from_files() {
     ]);
     let private = include_str!("fixtures/rsa_private.pem");
     let sign = |details: Value| {
-        tidings::auth::jwt::mint(&claims(&hub, details, 60), private, jsonwebtoken::Algorithm::RS256, true).unwrap()
+        tidings::auth::jwt::mint(
+            &claims(&hub, details, 60),
+            private,
+            jsonwebtoken::Algorithm::RS256,
+            true,
+        )
+        .unwrap()
     };
     let auth = format!("Bearer {}", sign(json!([detail(&["subscribe"], &["rs"])])));
     let mut s = open(&hub, "match=rs", &[("authorization", &auth)]).await;
     assert_eq!(s.status, 200);
-    let (status, _, _) = post(&hub, Some(&sign(json!([detail(&["publish"], &["rs"])]))), "topic=rs&data=signed&private=on").await;
+    let (status, _, _) = post(
+        &hub,
+        Some(&sign(json!([detail(&["publish"], &["rs"])]))),
+        "topic=rs&data=signed&private=on",
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(s.next().await.data, "signed");
     // The HMAC key of the default config no longer works.
-    assert_eq!(post(&hub, Some(&publisher(&hub)), "topic=rs&data=x").await.0, 401);
+    assert_eq!(
+        post(&hub, Some(&publisher(&hub)), "topic=rs&data=x")
+            .await
+            .0,
+        401
+    );
 }

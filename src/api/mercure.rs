@@ -226,6 +226,18 @@ fn find_token(
     Ok(query_token.map(|t| (t, TokenSource::Query)))
 }
 
+/// The pre-standardization `authorization` query parameter (compat only).
+fn legacy_query_token(state: &MercureState, uri: &axum::http::Uri) -> Option<String> {
+    if !state.settings.compat {
+        return None;
+    }
+    form::parse(uri.query().unwrap_or("").as_bytes())
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == "authorization")
+        .map(|(_, v)| v)
+}
+
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
@@ -499,17 +511,7 @@ async fn publish_inner(state: &Arc<MercureState>, req: Request) -> Result<Respon
             return Err(MercureError::UnsupportedMediaType);
         }
     }
-    let query_token = if state.settings.compat {
-        form::parse(parts.uri.query().unwrap_or("").as_bytes())
-            .ok()
-            .and_then(|q| {
-                q.into_iter()
-                    .find(|(k, _)| k == "authorization")
-                    .map(|(_, v)| v)
-            })
-    } else {
-        None
-    };
+    let query_token = legacy_query_token(state, &parts.uri);
     let (token, source) =
         find_token(&parts.headers, state, query_token)?.ok_or(AuthError::Missing)?;
     let grants = state.verifier.verify(&token, Role::Publisher)?;
@@ -590,17 +592,7 @@ async fn subscriptions_inner(
         return Err(MercureError::NotFound);
     }
     let path = req.uri().path().to_owned();
-    let query_token = if state.settings.compat {
-        form::parse(req.uri().query().unwrap_or("").as_bytes())
-            .ok()
-            .and_then(|q| {
-                q.into_iter()
-                    .find(|(k, _)| k == "authorization")
-                    .map(|(_, v)| v)
-            })
-    } else {
-        None
-    };
+    let query_token = legacy_query_token(state, req.uri());
     let (token, _) = find_token(req.headers(), state, query_token)?.ok_or(AuthError::Missing)?;
     let grants = state.verifier.verify(&token, Role::Subscriber)?;
     if !grants.may_read(std::iter::once(path.as_str())) {

@@ -290,7 +290,10 @@ mod tests {
         assert!(v.verify(&t, Role::Subscriber).is_ok());
         // An HS256 token "signed" with the public key as HMAC secret.
         let forged = mint(&claims(60), public, Algorithm::HS256, true).unwrap();
-        assert!(matches!(v.verify(&forged, Role::Subscriber), Err(AuthError::InvalidToken(_))));
+        assert!(matches!(
+            v.verify(&forged, Role::Subscriber),
+            Err(AuthError::InvalidToken(_))
+        ));
         // A key that is not a PEM is refused at configuration time.
         assert!(TrustedKey::new("not a pem", Algorithm::RS256).is_err());
     }
