@@ -314,7 +314,7 @@ async fn subscribe_inner(
             replay(
                 state,
                 id,
-                subscription.snapshot_seq,
+                subscription.handle.snapshot_seq,
                 &req.matchers,
                 &*filter,
             )
@@ -465,6 +465,8 @@ fn publish_events(state: &Arc<MercureState>, subscriber: &str, active: &[Active]
                 event_type: Some(RESERVED_EVENT_TYPE.to_owned()),
                 retry: None,
                 private: true,
+                info: None,
+                tags: Default::default(),
             }
         })
         .collect();
@@ -541,6 +543,8 @@ async fn publish_inner(state: &Arc<MercureState>, req: Request) -> Result<Respon
         event_type: update.event_type,
         retry: update.retry,
         private: update.private,
+        info: None,
+        tags: Default::default(),
     };
     let p = state
         .hub

@@ -10,6 +10,7 @@
 //! that is full is dropped from the hub with the reason
 //! [`SLOW_CONSUMER`]; it resumes from history when it reconnects.
 
+pub mod presence;
 pub mod publication;
 
 use std::collections::{HashMap, HashSet};
@@ -20,9 +21,11 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::history::History;
 use crate::protocol::mercure::matcher::TopicMatcher;
+pub use presence::{ClientInfo, Presence};
 pub use publication::{Draft, Publication};
 
 /// Close reason for a subscriber whose queue overflowed.
@@ -78,12 +81,50 @@ impl Default for HubOptions {
     }
 }
 
+/// What a connection's queue carries.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// A publication on a subscribed channel.
+    Publication(Arc<Publication>),
+    /// A client joined a channel (for subscriptions asking for join/leave).
+    Join(Arc<str>, Arc<ClientInfo>),
+    /// A client left a channel.
+    Leave(Arc<str>, Arc<ClientInfo>),
+}
+
+/// The sending half of one connection's bounded queue, shared by all of the
+/// connection's subscriptions. When the queue overflows the hub closes the
+/// whole connection: `closed` fires and `close_reason` says why.
+pub struct Sink {
+    id: u64,
+    tx: mpsc::Sender<Delivery>,
+    reason: OnceLock<&'static str>,
+    closed: CancellationToken,
+}
+
+impl Sink {
+    /// Why the hub closed this connection, if it did.
+    pub fn close_reason(&self) -> Option<&'static str> {
+        self.reason.get().copied()
+    }
+
+    /// Fires when the hub closes this connection.
+    pub fn closed(&self) -> &CancellationToken {
+        &self.closed
+    }
+
+    fn close(&self, reason: &'static str) {
+        let _ = self.reason.set(reason);
+        self.closed.cancel();
+    }
+}
+
 struct Subscriber {
     id: u64,
     matchers: Vec<TopicMatcher>,
     filter: Arc<dyn Filter>,
-    tx: mpsc::Sender<Arc<Publication>>,
-    closed: Arc<OnceLock<&'static str>>,
+    sink: Arc<Sink>,
+    join_leave: bool,
 }
 
 impl Subscriber {
@@ -120,11 +161,11 @@ impl Fanout {
                 if !s.filter.admits(p) {
                     return;
                 }
-                match s.tx.try_send(p.clone()) {
+                match s.sink.tx.try_send(Delivery::Publication(p.clone())) {
                     Ok(()) => {
                         self.deliveries.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(mpsc::error::TrySendError::Full(_)) => slow.push(s.id),
+                    Err(mpsc::error::TrySendError::Full(_)) => slow.push(s.sink.clone()),
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             };
@@ -149,20 +190,61 @@ impl Fanout {
             }
             self.last_seq.store(p.seq, Ordering::Release);
         }
-        for id in slow {
-            self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
-            self.remove(id, Some(SLOW_CONSUMER));
+        for sink in slow {
+            if sink.close_reason().is_none() {
+                self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            self.close_sink(&sink, SLOW_CONSUMER);
         }
     }
 
-    fn remove(&self, id: u64, reason: Option<&'static str>) {
+    /// Delivers a join or leave to the channel's subscribers that asked for
+    /// them. A full queue here closes the connection like a publication would.
+    fn deliver_event(&self, channel: &str, event: Delivery) {
+        let mut slow = Vec::new();
+        {
+            let index = self.index.read();
+            let exact = index.exact.get(channel).into_iter().flatten();
+            for s in exact.chain(
+                index
+                    .scanned
+                    .iter()
+                    .filter(|s| s.matchers.iter().any(|m| m.matches(channel))),
+            ) {
+                if s.join_leave
+                    && s.sink.tx.try_send(event.clone()).is_err()
+                    && !s.sink.tx.is_closed()
+                {
+                    slow.push(s.sink.clone());
+                }
+            }
+        }
+        for sink in slow {
+            self.close_sink(&sink, SLOW_CONSUMER);
+        }
+    }
+
+    /// Closes a connection: all its subscriptions leave the index.
+    fn close_sink(&self, sink: &Arc<Sink>, reason: &'static str) {
+        sink.close(reason);
+        let ids: Vec<u64> = self
+            .index
+            .read()
+            .by_id
+            .values()
+            .filter(|s| s.sink.id == sink.id)
+            .map(|s| s.id)
+            .collect();
+        for id in ids {
+            self.remove(id);
+        }
+    }
+
+    fn remove(&self, id: u64) {
         let mut index = self.index.write();
         let Some(s) = index.by_id.remove(&id) else {
             return;
         };
-        if let Some(reason) = reason {
-            let _ = s.closed.set(reason);
-        }
         if s.only_exact() {
             for m in &s.matchers {
                 let topic = m.exact_topic().unwrap_or_default();
@@ -179,32 +261,32 @@ impl Fanout {
     }
 }
 
-/// A live subscription. Dropping it unsubscribes.
-pub struct Subscription {
+/// One subscription of a connection. Dropping it unsubscribes.
+pub struct SubscriptionHandle {
     /// Hub-internal subscriber number.
     pub id: u64,
     /// Last sequence fanned out before this subscription was registered:
     /// replay covers `..=snapshot_seq`, live delivery everything after.
     pub snapshot_seq: u64,
-    /// Publications delivered live, in order.
-    pub rx: mpsc::Receiver<Arc<Publication>>,
-    closed: Arc<OnceLock<&'static str>>,
     fanout: Weak<Fanout>,
 }
 
-impl Subscription {
-    /// Why the hub ended this subscription, once `rx` is exhausted.
-    pub fn close_reason(&self) -> Option<&'static str> {
-        self.closed.get().copied()
+impl Drop for SubscriptionHandle {
+    fn drop(&mut self) {
+        if let Some(f) = self.fanout.upgrade() {
+            f.remove(self.id);
+        }
     }
 }
 
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        if let Some(f) = self.fanout.upgrade() {
-            f.remove(self.id, None);
-        }
-    }
+/// A connection with a single subscription (an SSE stream).
+pub struct Subscription {
+    /// The subscription.
+    pub handle: SubscriptionHandle,
+    /// The connection's queue.
+    pub sink: Arc<Sink>,
+    /// Deliveries, in order.
+    pub rx: mpsc::Receiver<Delivery>,
 }
 
 struct Job {
@@ -234,6 +316,7 @@ pub struct Hub {
     next_id: AtomicU64,
     publications: Arc<AtomicU64>,
     options: HubOptions,
+    presence: Presence,
 }
 
 impl Hub {
@@ -263,6 +346,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             publications,
             options,
+            presence: Presence::default(),
         })
     }
 
@@ -276,18 +360,35 @@ impl Hub {
         wait.await.map_err(|_| HubError::Closed)?
     }
 
-    /// Registers a subscriber; publications selected by any of `matchers`
-    /// and admitted by `filter` arrive on the returned subscription.
-    pub fn subscribe(&self, matchers: Vec<TopicMatcher>, filter: Arc<dyn Filter>) -> Subscription {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    /// Opens a connection queue of the configured capacity.
+    pub fn open_queue(&self) -> (Arc<Sink>, mpsc::Receiver<Delivery>) {
         let (tx, rx) = mpsc::channel(self.options.queue_capacity);
-        let closed = Arc::new(OnceLock::new());
+        let sink = Arc::new(Sink {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            tx,
+            reason: OnceLock::new(),
+            closed: CancellationToken::new(),
+        });
+        (sink, rx)
+    }
+
+    /// Registers a subscription on a connection: publications selected by
+    /// any of `matchers` and admitted by `filter` are queued to `sink`, and
+    /// joins/leaves too when `join_leave` is set.
+    pub fn subscribe_on(
+        &self,
+        sink: &Arc<Sink>,
+        matchers: Vec<TopicMatcher>,
+        filter: Arc<dyn Filter>,
+        join_leave: bool,
+    ) -> SubscriptionHandle {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let s = Arc::new(Subscriber {
             id,
             matchers,
             filter,
-            tx,
-            closed: closed.clone(),
+            sink: sink.clone(),
+            join_leave,
         });
         let mut index = self.fanout.index.write();
         if s.only_exact() {
@@ -301,21 +402,56 @@ impl Hub {
         index.by_id.insert(id, s);
         let snapshot_seq = self.fanout.last_seq.load(Ordering::Acquire);
         drop(index);
-        Subscription {
+        SubscriptionHandle {
             id,
             snapshot_seq,
-            rx,
-            closed,
             fanout: Arc::downgrade(&self.fanout),
         }
     }
 
+    /// A connection with one subscription (what an SSE stream needs).
+    pub fn subscribe(&self, matchers: Vec<TopicMatcher>, filter: Arc<dyn Filter>) -> Subscription {
+        let (sink, rx) = self.open_queue();
+        let handle = self.subscribe_on(&sink, matchers, filter, false);
+        Subscription { handle, sink, rx }
+    }
+
+    /// Tells the channel's join/leave subscribers that `info` joined.
+    pub fn announce_join(&self, channel: &str, info: Arc<ClientInfo>) {
+        self.fanout
+            .deliver_event(channel, Delivery::Join(channel.into(), info));
+    }
+
+    /// Tells the channel's join/leave subscribers that `info` left.
+    pub fn announce_leave(&self, channel: &str, info: Arc<ClientInfo>) {
+        self.fanout
+            .deliver_event(channel, Delivery::Leave(channel.into(), info));
+    }
+
+    /// Closes a connection on behalf of the server (shutdown, API
+    /// disconnect): its subscriptions leave the index and `closed` fires.
+    pub fn close(&self, sink: &Arc<Sink>, reason: &'static str) {
+        self.fanout.close_sink(sink, reason);
+    }
+
     /// Disconnects every subscriber (they see `reason`).
     pub fn disconnect_all(&self, reason: &'static str) {
-        let ids: Vec<u64> = self.fanout.index.read().by_id.keys().copied().collect();
-        for id in ids {
-            self.fanout.remove(id, Some(reason));
+        let sinks: Vec<Arc<Sink>> = self
+            .fanout
+            .index
+            .read()
+            .by_id
+            .values()
+            .map(|s| s.sink.clone())
+            .collect();
+        for sink in sinks {
+            self.fanout.close_sink(&sink, reason);
         }
+    }
+
+    /// Who is present in which channel, on this node.
+    pub fn presence(&self) -> &Presence {
+        &self.presence
     }
 
     /// The history behind this hub.

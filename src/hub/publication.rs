@@ -28,6 +28,10 @@ pub struct Draft {
     pub retry: Option<u64>,
     /// Only subscribers authorized for one of its topics may receive it.
     pub private: bool,
+    /// The publishing client, when a client (not a backend) published it.
+    pub info: Option<super::ClientInfo>,
+    /// Publisher-supplied tags (Centrifugo).
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// A stored, positioned publication.
@@ -122,6 +126,8 @@ mod tests {
                 event_type: None,
                 retry: None,
                 private: true,
+                info: None,
+                tags: Default::default(),
             },
             7,
             3,

@@ -22,7 +22,7 @@ use futures::Stream;
 use tokio::time::{Instant, Interval, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::hub::{Publication, Subscription};
+use crate::hub::{Delivery, Publication, Subscription};
 use crate::protocol::mercure::sse;
 
 /// Most publications written in one chunk.
@@ -36,7 +36,8 @@ pub struct EventStream {
     heartbeat: Interval,
     deadline: Option<Pin<Box<Sleep>>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    batch: Vec<Arc<Publication>>,
+    kicked: Pin<Box<WaitForCancellationFutureOwned>>,
+    batch: Vec<Delivery>,
     finished: bool,
     _guard: Option<Box<dyn Send + Sync>>,
 }
@@ -67,6 +68,7 @@ impl EventStream {
             prelude.extend_from_slice(&sse::retry(ms));
         }
         let start = Instant::now() + options.heartbeat;
+        let kicked = subscription.sink.closed().clone().cancelled_owned();
         EventStream {
             prelude: Some(prelude.freeze()),
             replay: replay.into_iter(),
@@ -76,6 +78,7 @@ impl EventStream {
                 .deadline
                 .map(|d| Box::pin(tokio::time::sleep_until(d))),
             shutdown: Box::pin(options.shutdown.cancelled_owned()),
+            kicked: Box::pin(kicked),
             batch: Vec::with_capacity(BATCH),
             finished: false,
             _guard: guard,
@@ -109,27 +112,34 @@ impl Stream for EventStream {
         if this.shutdown.as_mut().poll(cx).is_ready() {
             return this.finish("the hub is shutting down, reconnect");
         }
+        if this.kicked.as_mut().poll(cx).is_ready() {
+            let reason = this
+                .subscription
+                .sink
+                .close_reason()
+                .unwrap_or("closed by the hub");
+            return this.finish(reason);
+        }
         if let Some(d) = this.deadline.as_mut() {
             if d.as_mut().poll(cx).is_ready() {
                 return this.finish("the token or connection lifetime expired, reconnect");
             }
         }
-        let skip_upto = this.subscription.snapshot_seq;
+        let skip_upto = this.subscription.handle.snapshot_seq;
         match this
             .subscription
             .rx
             .poll_recv_many(cx, &mut this.batch, BATCH)
         {
-            Poll::Ready(0) => {
-                let reason = this.subscription.close_reason().unwrap_or("unsubscribed");
-                this.finish(reason)
-            }
+            Poll::Ready(0) => this.finish("unsubscribed"),
             Poll::Ready(_) => {
                 let mut out = BytesMut::new();
-                for p in this.batch.drain(..) {
+                for d in this.batch.drain(..) {
                     // Anything at or before the snapshot came through replay.
-                    if p.seq > skip_upto {
-                        out.extend_from_slice(p.sse());
+                    if let Delivery::Publication(p) = d {
+                        if p.seq > skip_upto {
+                            out.extend_from_slice(p.sse());
+                        }
                     }
                 }
                 this.heartbeat.reset();
