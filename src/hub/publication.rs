@@ -9,7 +9,19 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::centrifuge::{self, Encoding};
 use crate::protocol::mercure::sse;
+
+/// A client's info in the protocol's form.
+pub fn client_info(info: &super::ClientInfo) -> centrifuge::ClientInfo {
+    let raw = |v: &Option<String>| v.as_ref().map(|t| Bytes::from(t.clone())).unwrap_or_default();
+    centrifuge::ClientInfo {
+        user: info.user.clone(),
+        client: info.client.clone(),
+        conn_info: raw(&info.conn_info),
+        chan_info: raw(&info.chan_info),
+    }
+}
 
 /// What a publisher asks to publish, before history positions it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +61,10 @@ pub struct Publication {
     pub draft: Draft,
     #[serde(skip)]
     sse: OnceLock<Bytes>,
+    #[serde(skip)]
+    centrifuge_json: OnceLock<Bytes>,
+    #[serde(skip)]
+    centrifuge_protobuf: OnceLock<Bytes>,
 }
 
 impl Publication {
@@ -61,6 +77,8 @@ impl Publication {
             time_ms,
             draft,
             sse: OnceLock::new(),
+            centrifuge_json: OnceLock::new(),
+            centrifuge_protobuf: OnceLock::new(),
         }
     }
 
@@ -89,6 +107,41 @@ impl Publication {
                 retry: self.draft.retry,
                 data: &String::from_utf8_lossy(&self.draft.data),
             })
+        })
+    }
+
+    /// The publication as the Centrifugo protocol's publication object.
+    pub fn to_centrifuge(&self, encoding: Encoding) -> centrifuge::Publication {
+        let d = &self.draft;
+        centrifuge::Publication {
+            data: match encoding {
+                Encoding::Json => centrifuge::json_payload(&d.data),
+                Encoding::Protobuf => d.data.clone(),
+            },
+            info: d.info.as_ref().map(client_info),
+            offset: self.offset,
+            tags: d.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// The Centrifugo publication push for this publication's channel,
+    /// encoded once per encoding and shared by every WebSocket receiver.
+    pub fn centrifuge_push(&self, encoding: Encoding) -> &Bytes {
+        let cell = match encoding {
+            Encoding::Json => &self.centrifuge_json,
+            Encoding::Protobuf => &self.centrifuge_protobuf,
+        };
+        cell.get_or_init(|| {
+            let reply = centrifuge::Reply {
+                push: Some(centrifuge::Push {
+                    channel: self.draft.channel.clone(),
+                    publication: Some(self.to_centrifuge(encoding)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            centrifuge::encode(encoding, &reply)
         })
     }
 

@@ -5,4 +5,5 @@
 //! Transports (`crate::transport`) move the bytes; the hub (`crate::hub`)
 //! never sees a wire format.
 
+pub mod centrifuge;
 pub mod mercure;
