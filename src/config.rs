@@ -100,6 +100,25 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("mercure.max_field_len", Kind::Int),
     ("mercure.max_matchers", Kind::Int),
     ("mercure.max_matcher_len", Kind::Int),
+    ("centrifugo.token_key", Kind::Str),
+    ("centrifugo.token_key_file", Kind::Str),
+    ("centrifugo.token_algorithm", Kind::Str),
+    ("centrifugo.api_key", Kind::Str),
+    ("centrifugo.anonymous", Kind::Bool),
+    ("centrifugo.allowed_origins", Kind::List),
+    ("centrifugo.ping_interval", Kind::Str),
+    ("centrifugo.pong_timeout", Kind::Str),
+    ("centrifugo.handshake_timeout", Kind::Str),
+    ("centrifugo.channel_limit", Kind::Int),
+    ("centrifugo.max_frame", Kind::Int),
+    ("centrifugo.channel.allow_subscribe", Kind::Bool),
+    ("centrifugo.channel.allow_publish", Kind::Bool),
+    ("centrifugo.channel.allow_presence", Kind::Bool),
+    ("centrifugo.channel.allow_history", Kind::Bool),
+    ("centrifugo.channel.allow_anonymous", Kind::Bool),
+    ("centrifugo.channel.presence", Kind::Bool),
+    ("centrifugo.channel.join_leave", Kind::Bool),
+    ("centrifugo.channel.force_recovery", Kind::Bool),
 ];
 
 /// The environment variable of a key.
@@ -125,6 +144,8 @@ pub struct Config {
     pub hub: HubConfig,
     /// The Mercure hub.
     pub mercure: MercureConfig,
+    /// The Centrifugo protocol (WebSocket) and server API.
+    pub centrifugo: CentrifugoConfig,
 }
 
 impl Default for Config {
@@ -137,6 +158,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             hub: HubConfig::default(),
             mercure: MercureConfig::default(),
+            centrifugo: CentrifugoConfig::default(),
         }
     }
 }
@@ -286,6 +308,82 @@ impl Default for MercureConfig {
     }
 }
 
+/// `[centrifugo]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CentrifugoConfig {
+    /// Key verifying connection and subscription tokens (HMAC secret or PEM).
+    pub token_key: Option<String>,
+    /// PEM file with that key.
+    pub token_key_file: Option<PathBuf>,
+    /// Algorithm of that key.
+    pub token_algorithm: String,
+    /// Key of the server API (`X-API-Key`); the API is closed when unset.
+    pub api_key: Option<String>,
+    /// Allow connections without a token.
+    pub anonymous: bool,
+    /// Origins allowed to open WebSockets besides the hub's own.
+    pub allowed_origins: Vec<String>,
+    /// Interval of server pings.
+    pub ping_interval: String,
+    /// How long a pong may take.
+    pub pong_timeout: String,
+    /// How long a new connection may take to send its connect command.
+    pub handshake_timeout: String,
+    /// Most channels per connection.
+    pub channel_limit: usize,
+    /// Largest inbound frame, in bytes.
+    pub max_frame: usize,
+    /// Options of channels without a namespace.
+    pub channel: Namespace,
+    /// Namespaces: `name:` channel prefixes with their own options.
+    pub namespaces: Vec<Namespace>,
+}
+
+impl Default for CentrifugoConfig {
+    fn default() -> Self {
+        CentrifugoConfig {
+            token_key: None,
+            token_key_file: None,
+            token_algorithm: "HS256".into(),
+            api_key: None,
+            anonymous: false,
+            allowed_origins: Vec::new(),
+            ping_interval: "25s".into(),
+            pong_timeout: "8s".into(),
+            handshake_timeout: "10s".into(),
+            channel_limit: 128,
+            max_frame: 65536,
+            channel: Namespace::default(),
+            namespaces: Vec::new(),
+        }
+    }
+}
+
+/// Channel options, for the default namespace or a named one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Namespace {
+    /// The prefix before `:` (empty for the default namespace).
+    pub name: String,
+    /// Clients may subscribe without a subscription token.
+    pub allow_subscribe: bool,
+    /// Clients may publish.
+    pub allow_publish: bool,
+    /// Clients may ask for presence.
+    pub allow_presence: bool,
+    /// Clients may ask for history.
+    pub allow_history: bool,
+    /// Anonymous connections may subscribe.
+    pub allow_anonymous: bool,
+    /// Track presence in these channels.
+    pub presence: bool,
+    /// Send join/leave pushes.
+    pub join_leave: bool,
+    /// Recover on resubscribe even if the client did not ask.
+    pub force_recovery: bool,
+}
+
 /// Reads and merges the three sources; `overrides` are `key=value` pairs
 /// from CLI flags.
 pub fn load(
@@ -388,6 +486,49 @@ pub struct Settings {
     pub hub: crate::hub::HubOptions,
     /// Mercure settings.
     pub mercure: MercureSettings,
+    /// Centrifugo settings.
+    pub centrifugo: CentrifugoSettings,
+}
+
+/// Validated `[centrifugo]`.
+#[derive(Debug, Clone)]
+pub struct CentrifugoSettings {
+    /// Token key material.
+    pub token_key: String,
+    /// Token algorithm.
+    pub token_algorithm: Algorithm,
+    /// Whether the development key is in use.
+    pub dev_key: bool,
+    /// Server API key.
+    pub api_key: Option<String>,
+    /// Anonymous connections allowed.
+    pub anonymous: bool,
+    /// Extra allowed WebSocket origins.
+    pub allowed_origins: Vec<String>,
+    /// Ping interval.
+    pub ping_interval: Duration,
+    /// Pong timeout.
+    pub pong_timeout: Duration,
+    /// Handshake timeout.
+    pub handshake_timeout: Duration,
+    /// Channels per connection.
+    pub channel_limit: usize,
+    /// Inbound frame limit.
+    pub max_frame: usize,
+    /// Default namespace options.
+    pub default_namespace: Namespace,
+    /// Named namespaces.
+    pub namespaces: std::collections::HashMap<String, Namespace>,
+}
+
+impl CentrifugoSettings {
+    /// The options of `channel`'s namespace, or None if it names an unknown one.
+    pub fn namespace(&self, channel: &str) -> Option<&Namespace> {
+        match channel.split_once(':') {
+            Some((ns, _)) => self.namespaces.get(ns),
+            None => Some(&self.default_namespace),
+        }
+    }
 }
 
 /// Validated `[mercure]`.
@@ -581,7 +722,9 @@ impl Config {
         if issuer.is_empty() {
             return Err(invalid("mercure.issuer", "must not be empty"));
         }
+        let centrifugo = self.validate_centrifugo(listen)?;
         Ok(Settings {
+            centrifugo,
             listen,
             data_dir: self.data_dir.clone().unwrap_or_else(default_data_dir),
             log_level: self.log.level.clone(),
@@ -630,6 +773,95 @@ impl Config {
                     max_matcher_len: positive("mercure.max_matcher_len", m.max_matcher_len)?,
                 },
             },
+        })
+    }
+}
+
+impl Config {
+    fn validate_centrifugo(&self, listen: SocketAddr) -> Result<CentrifugoSettings, ConfigError> {
+        let c = &self.centrifugo;
+        let token_algorithm: Algorithm = c.token_algorithm.parse().map_err(|_| {
+            invalid(
+                "centrifugo.token_algorithm",
+                format!("{:?} is not a JWS algorithm", c.token_algorithm),
+            )
+        })?;
+        let key = match &c.token_key_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "centrifugo.token_key_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?),
+            None => c.token_key.clone(),
+        };
+        let dev_key = key.is_none();
+        if dev_key && !listen.ip().is_loopback() {
+            return Err(invalid(
+                "centrifugo.token_key",
+                "no key is configured; the development key is only allowed on a loopback address",
+            ));
+        }
+        let token_key = key.unwrap_or_else(|| DEV_KEY.into());
+        crate::auth::jwt::TrustedKey::new(&token_key, token_algorithm)
+            .map_err(|e| invalid("centrifugo.token_key", e))?;
+        if c.api_key.as_deref() == Some("") {
+            return Err(invalid(
+                "centrifugo.api_key",
+                "must not be empty (leave it unset to close the API)",
+            ));
+        }
+        for origin in &c.allowed_origins {
+            if Url::parse(origin)
+                .map(|u| u.origin().ascii_serialization())
+                .ok()
+                .as_deref()
+                != Some(origin.as_str())
+            {
+                return Err(invalid(
+                    "centrifugo.allowed_origins",
+                    format!("{origin:?} is not an origin like https://app.example.com"),
+                ));
+            }
+        }
+        let mut namespaces = std::collections::HashMap::new();
+        for ns in &c.namespaces {
+            let ok = !ns.name.is_empty()
+                && ns
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
+            if !ok {
+                return Err(invalid(
+                    "centrifugo.namespaces",
+                    format!(
+                        "{:?} is not a namespace name (letters, digits, - _ .)",
+                        ns.name
+                    ),
+                ));
+            }
+            if namespaces.insert(ns.name.clone(), ns.clone()).is_some() {
+                return Err(invalid(
+                    "centrifugo.namespaces",
+                    format!("namespace {:?} is defined twice", ns.name),
+                ));
+            }
+        }
+        Ok(CentrifugoSettings {
+            token_key,
+            token_algorithm,
+            dev_key,
+            api_key: c.api_key.clone(),
+            anonymous: c.anonymous,
+            allowed_origins: c.allowed_origins.clone(),
+            ping_interval: duration("centrifugo.ping_interval", &c.ping_interval)?
+                .max(Duration::from_millis(100)),
+            pong_timeout: duration("centrifugo.pong_timeout", &c.pong_timeout)?,
+            handshake_timeout: duration("centrifugo.handshake_timeout", &c.handshake_timeout)?,
+            channel_limit: positive("centrifugo.channel_limit", c.channel_limit)?,
+            max_frame: positive("centrifugo.max_frame", c.max_frame)?,
+            default_namespace: c.channel.clone(),
+            namespaces,
         })
     }
 }

@@ -6,6 +6,7 @@
 //!   `subscribe` topic matchers and subscription payloads, read from RFC 9396
 //!   `authorization_details` or from the pre-standardization `mercure` claim.
 
+pub mod centrifugo;
 pub mod grants;
 pub mod jwt;
 

@@ -14,7 +14,11 @@ use crate::protocol::mercure::sse;
 
 /// A client's info in the protocol's form.
 pub fn client_info(info: &super::ClientInfo) -> centrifuge::ClientInfo {
-    let raw = |v: &Option<String>| v.as_ref().map(|t| Bytes::from(t.clone())).unwrap_or_default();
+    let raw = |v: &Option<String>| {
+        v.as_ref()
+            .map(|t| Bytes::from(t.clone()))
+            .unwrap_or_default()
+    };
     centrifuge::ClientInfo {
         user: info.user.clone(),
         client: info.client.clone(),

@@ -28,7 +28,10 @@ mod raw_json {
     pub fn serialize<S: Serializer>(data: &Bytes, s: S) -> Result<S::Ok, S::Error> {
         // Payloads are made JSON when published; anything else is sent as a
         // JSON string rather than producing an invalid frame.
-        match std::str::from_utf8(data).ok().and_then(|t| serde_json::from_str::<&RawValue>(t).ok()) {
+        match std::str::from_utf8(data)
+            .ok()
+            .and_then(|t| serde_json::from_str::<&RawValue>(t).ok())
+        {
             Some(raw) => raw.serialize(s),
             None => String::from_utf8_lossy(data).serialize(s),
         }
@@ -520,8 +523,7 @@ pub struct UnsubscribeRequest {
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
 #[serde(default)]
-pub struct UnsubscribeResult {
-}
+pub struct UnsubscribeResult {}
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
 #[serde(default)]
@@ -536,8 +538,7 @@ pub struct PublishRequest {
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
 #[serde(default)]
-pub struct PublishResult {
-}
+pub struct PublishResult {}
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
 #[serde(default)]
@@ -618,13 +619,11 @@ pub struct HistoryResult {
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
 #[serde(default)]
-pub struct PingRequest {
-}
+pub struct PingRequest {}
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
 #[serde(default)]
-pub struct PingResult {
-}
+pub struct PingResult {}
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
 #[serde(default)]

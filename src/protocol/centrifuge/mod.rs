@@ -38,7 +38,8 @@ pub fn decode_commands(encoding: Encoding, frame: &[u8]) -> Result<Vec<Command>,
             let mut buf = frame;
             let mut out = Vec::new();
             while !buf.is_empty() {
-                let cmd = Command::decode_length_delimited(&mut buf).map_err(|e| DecodeError(e.to_string()))?;
+                let cmd = Command::decode_length_delimited(&mut buf)
+                    .map_err(|e| DecodeError(e.to_string()))?;
                 out.push(cmd);
             }
             Ok(out)
@@ -189,7 +190,10 @@ mod tests {
         assert_eq!(cmds.len(), 3);
         assert_eq!(cmds[0].connect.as_ref().unwrap().token, "t");
         let sub = cmds[1].subscribe.as_ref().unwrap();
-        assert_eq!((sub.channel.as_str(), sub.recover, sub.offset), ("chat", true, 5));
+        assert_eq!(
+            (sub.channel.as_str(), sub.recover, sub.offset),
+            ("chat", true, 5)
+        );
         assert_eq!(&sub.data[..], br#"{"x":[1,2]}"#);
         assert_eq!(cmds[2], Command::default(), "an empty command is a pong");
     }
@@ -199,26 +203,42 @@ mod tests {
         let push = Reply {
             push: Some(Push {
                 channel: "chat".into(),
-                publication: Some(Publication { data: Bytes::from_static(br#"{"a":1}"#), offset: 3, ..Default::default() }),
+                publication: Some(Publication {
+                    data: Bytes::from_static(br#"{"a":1}"#),
+                    offset: 3,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
         };
         let mut frame = BytesMut::new();
-        encode_into(Encoding::Json, &error_reply(7, errors::PERMISSION_DENIED), &mut frame);
+        encode_into(
+            Encoding::Json,
+            &error_reply(7, errors::PERMISSION_DENIED),
+            &mut frame,
+        );
         encode_into(Encoding::Json, &push, &mut frame);
         assert_eq!(
             std::str::from_utf8(&frame).unwrap(),
             "{\"id\":7,\"error\":{\"code\":103,\"message\":\"permission denied\"}}\n{\"push\":{\"channel\":\"chat\",\"pub\":{\"data\":{\"a\":1},\"offset\":3}}}"
         );
-        assert_eq!(&encode(Encoding::Json, &Reply::default())[..], b"{}", "a ping");
+        assert_eq!(
+            &encode(Encoding::Json, &Reply::default())[..],
+            b"{}",
+            "a ping"
+        );
     }
 
     #[test]
     fn protobuf_round_trip_with_several_messages() {
         let mut frame = BytesMut::new();
         for id in 1..=3 {
-            let cmd = Command { id, ping: Some(PingRequest {}), ..Default::default() };
+            let cmd = Command {
+                id,
+                ping: Some(PingRequest {}),
+                ..Default::default()
+            };
             cmd.encode_length_delimited(&mut frame).unwrap();
         }
         let cmds = decode_commands(Encoding::Protobuf, &frame).unwrap();
@@ -228,14 +248,26 @@ mod tests {
 
     #[test]
     fn malformed_json_is_an_error_not_a_panic() {
-        for bad in [&b"{"[..], b"[1,2]", b"{\"id\":\"x\"}", b"\xff\xfe", b"{\"subscribe\":{\"channel\":5}}"] {
+        for bad in [
+            &b"{"[..],
+            b"[1,2]",
+            b"{\"id\":\"x\"}",
+            b"\xff\xfe",
+            b"{\"subscribe\":{\"channel\":5}}",
+        ] {
             assert!(decode_commands(Encoding::Json, bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn payloads_become_json() {
-        assert_eq!(&json_payload(&Bytes::from_static(b"{\"a\":1}"))[..], b"{\"a\":1}");
-        assert_eq!(&json_payload(&Bytes::from_static(b"plain text"))[..], b"\"plain text\"");
+        assert_eq!(
+            &json_payload(&Bytes::from_static(b"{\"a\":1}"))[..],
+            b"{\"a\":1}"
+        );
+        assert_eq!(
+            &json_payload(&Bytes::from_static(b"plain text"))[..],
+            b"\"plain text\""
+        );
     }
 }
