@@ -27,6 +27,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod centrifugo;
 pub mod cli;
 pub mod config;
 pub mod history;

@@ -13,15 +13,17 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api::mercure::{self, MercureState};
+use crate::centrifugo::Node;
 use crate::config::Settings;
 use crate::history::{disk::DiskHistory, memory::MemoryHistory, History};
 use crate::hub::Hub;
+use crate::transport::websocket::{self, WsState};
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +56,17 @@ pub fn open_history(settings: &Settings) -> Result<Arc<dyn History>, ServerError
     })
 }
 
-/// Builds the router for a hub.
-pub fn router(mercure: Arc<MercureState>, cors_origins: &[String]) -> Router {
+/// Builds the router for a hub: the Mercure endpoints, the Centrifugo
+/// WebSocket endpoint and server API, health and the index page.
+pub fn router(mercure: Arc<MercureState>, ws: Arc<WsState>, cors_origins: &[String]) -> Router {
+    let centrifugo = Router::new()
+        .route("/api/{method}", post(crate::api::centrifugo::handle))
+        .with_state(ws.node.clone())
+        .merge(
+            Router::new()
+                .route("/connection/websocket", get(websocket::upgrade))
+                .with_state(ws),
+        );
     let hub_path = mercure.hub_path().to_owned();
     let router = Router::new()
         .route("/", get(index))
@@ -70,7 +81,8 @@ pub fn router(mercure: Arc<MercureState>, cors_origins: &[String]) -> Router {
             get(mercure::subscriptions),
         )
         .route(&mercure.metadata_path(), get(mercure::metadata))
-        .with_state(mercure);
+        .with_state(mercure)
+        .merge(centrifugo);
     match cors(cors_origins) {
         Some(layer) => router.layer(layer),
         None => router,
@@ -145,7 +157,12 @@ pub async fn serve(
     let shutdown = CancellationToken::new();
     let mercure = MercureState::new(hub.clone(), settings.mercure.clone(), shutdown.clone())
         .map_err(ServerError::Setup)?;
-    let app = router(mercure, &settings.mercure.cors_origins);
+    let node = Node::new(hub.clone(), settings.centrifugo.clone()).map_err(ServerError::Setup)?;
+    let ws = Arc::new(WsState {
+        node,
+        shutdown: shutdown.clone(),
+    });
+    let app = router(mercure, ws, &settings.mercure.cors_origins);
     on_bound(addr);
     tracing::info!(%addr, hub = %settings.mercure.hub_url, disk = settings.disk_history, "listening");
 

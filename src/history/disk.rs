@@ -259,6 +259,53 @@ impl History for DiskHistory {
         .await
     }
 
+    async fn position(&self, channel: &str) -> Result<StreamPosition, HistoryError> {
+        let channel = channel.to_owned();
+        self.blocking(move |db, _| {
+            let existing = {
+                let txn = db.begin_read().map_err(store)?;
+                let meta = txn.open_table(META).map_err(store)?;
+                let m = meta.get(channel.as_str()).map_err(store)?;
+                m.and_then(|v| postcard::from_bytes::<Meta>(v.value()).ok())
+            };
+            if let Some(m) = existing {
+                return Ok(StreamPosition {
+                    offset: m.top,
+                    epoch: m.epoch,
+                });
+            }
+            let txn = db.begin_write().map_err(store)?;
+            let m = {
+                let mut meta = txn.open_table(META).map_err(store)?;
+                // Another writer may have created it meanwhile.
+                let current = meta
+                    .get(channel.as_str())
+                    .map_err(store)?
+                    .and_then(|v| postcard::from_bytes::<Meta>(v.value()).ok());
+                match current {
+                    Some(m) => m,
+                    None => {
+                        let m = Meta {
+                            epoch: new_epoch().to_string(),
+                            top: 0,
+                            touched_ms: now_ms(),
+                        };
+                        let bytes = postcard::to_stdvec(&m).map_err(store)?;
+                        meta.insert(channel.as_str(), bytes.as_slice())
+                            .map_err(store)?;
+                        m
+                    }
+                }
+            };
+            txn.commit().map_err(store)?;
+            Ok(StreamPosition {
+                offset: m.top,
+                epoch: m.epoch,
+            })
+        })
+        .await
+    }
+
     async fn remove_channel(&self, channel: &str) -> Result<(), HistoryError> {
         let channel = channel.to_owned();
         self.blocking(move |db, _| {

@@ -149,6 +149,23 @@ impl History for MemoryHistory {
         ))
     }
 
+    async fn position(&self, channel: &str) -> Result<StreamPosition, HistoryError> {
+        let mut inner = self.inner.lock();
+        let ch = inner
+            .channels
+            .entry(channel.to_owned())
+            .or_insert_with(|| Channel {
+                epoch: new_epoch(),
+                top: 0,
+                ring: VecDeque::new(),
+                touched_ms: now_ms(),
+            });
+        Ok(StreamPosition {
+            offset: ch.top,
+            epoch: ch.epoch.to_string(),
+        })
+    }
+
     async fn remove_channel(&self, channel: &str) -> Result<(), HistoryError> {
         let mut inner = self.inner.lock();
         let removed: Vec<_> = match inner.channels.get_mut(channel) {

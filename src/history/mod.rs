@@ -93,6 +93,11 @@ pub trait History: Send + Sync + 'static {
         limit: usize,
     ) -> Result<(Vec<Arc<Publication>>, StreamPosition), HistoryError>;
 
+    /// A channel's current position, giving the channel an epoch if it has
+    /// none yet (so that a subscriber's first position stays valid when the
+    /// first publication arrives).
+    async fn position(&self, channel: &str) -> Result<StreamPosition, HistoryError>;
+
     /// Drops a channel's publications (its position is kept).
     async fn remove_channel(&self, channel: &str) -> Result<(), HistoryError>;
 

@@ -459,6 +459,18 @@ impl Hub {
         &self.history
     }
 
+    /// Channels with live subscribers (exact subscriptions), with their
+    /// subscriber counts.
+    pub fn channels(&self) -> Vec<(String, usize)> {
+        self.fanout
+            .index
+            .read()
+            .exact
+            .iter()
+            .map(|(name, subs)| (name.clone(), subs.len()))
+            .collect()
+    }
+
     /// Current counters.
     pub fn stats(&self) -> HubStats {
         HubStats {

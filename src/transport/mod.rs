@@ -4,3 +4,4 @@
 //! (crate::hub::Subscription) and writes the bytes the codecs produced.
 
 pub mod sse;
+pub mod websocket;

@@ -1,0 +1,774 @@
+//! One Centrifugo client connection, independent of its transport.
+//!
+//! The transport feeds it frames ([`Session::handle_frame`]), hub
+//! deliveries ([`Session::push`]) and server controls
+//! ([`Session::control`]); each call appends what must be written to the
+//! output frame. A `Err(code)` means: close the connection with that
+//! disconnect code.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use super::{Control, Node};
+use crate::auth::centrifugo::{self as tokens, TokenError};
+use crate::config::Namespace;
+use crate::hub::publication::client_info;
+use crate::hub::{ClientInfo, Delivery, Draft, Filter, Publication, Sink, SubscriptionHandle};
+use crate::protocol::centrifuge::{
+    self as proto, disconnect, encode_into, error_reply, errors, Encoding, Reply,
+};
+use crate::protocol::mercure::matcher::{MatcherType, TopicMatcher};
+
+/// A disconnect: `(code, reason)`.
+pub type Disconnect = (u16, String);
+
+fn close(code: disconnect::Code) -> Disconnect {
+    (code.0, code.1.to_owned())
+}
+
+/// Most publications returned by one recovery or history call.
+const MAX_RECOVER: usize = 10_000;
+
+/// The server version reported to clients.
+pub const VERSION: &str = concat!("tidings ", env!("CARGO_PKG_VERSION"));
+
+/// Centrifugo subscribers receive public publications only: private
+/// Mercure updates need Mercure grants, which a WebSocket client lacks.
+struct PublicOnly;
+
+impl Filter for PublicOnly {
+    fn admits(&self, p: &Publication) -> bool {
+        !p.draft.private
+    }
+}
+
+struct ChannelSub {
+    _handle: SubscriptionHandle,
+    /// Live publications at or below this offset were sent in the
+    /// subscribe reply (or precede the client's position).
+    skip_upto: u64,
+    info: Arc<ClientInfo>,
+    presence: bool,
+    join_leave: bool,
+}
+
+struct Connected {
+    user: String,
+    conn_info: Option<String>,
+    expires_at: Option<u64>,
+}
+
+/// One client connection.
+pub struct Session {
+    node: Arc<Node>,
+    encoding: Encoding,
+    sink: Arc<Sink>,
+    client: String,
+    connected: Option<Connected>,
+    subs: HashMap<String, ChannelSub>,
+    control_tx: mpsc::UnboundedSender<Control>,
+    /// Set when a pong (an empty command) arrives.
+    pub got_pong: bool,
+}
+
+fn now_secs() -> u64 {
+    crate::hub::publication::now_ms() / 1000
+}
+
+impl Session {
+    /// A new, not yet connected session writing to `sink`; controls for it
+    /// arrive on the returned receiver once it is connected.
+    pub fn new(
+        node: Arc<Node>,
+        encoding: Encoding,
+        sink: Arc<Sink>,
+    ) -> (Session, mpsc::UnboundedReceiver<Control>) {
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let session = Session {
+            node,
+            encoding,
+            sink,
+            client: uuid::Uuid::new_v4().to_string(),
+            connected: None,
+            subs: HashMap::new(),
+            control_tx,
+            got_pong: false,
+        };
+        (session, control_rx)
+    }
+
+    /// Whether the connect command succeeded.
+    pub fn is_connected(&self) -> bool {
+        self.connected.is_some()
+    }
+
+    /// When the connection token expires (seconds since the Unix epoch).
+    pub fn expires_at(&self) -> Option<u64> {
+        self.connected.as_ref().and_then(|c| c.expires_at)
+    }
+
+    /// The client id.
+    pub fn client(&self) -> &str {
+        &self.client
+    }
+
+    /// Handles one inbound frame.
+    pub async fn handle_frame(
+        &mut self,
+        frame: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), Disconnect> {
+        let commands = proto::decode_commands(self.encoding, frame).map_err(|e| {
+            tracing::debug!(client = %self.client, error = %e, "bad frame");
+            close(disconnect::BAD_REQUEST)
+        })?;
+        for cmd in commands {
+            if let Some(reply) = self.handle_command(cmd).await? {
+                encode_into(self.encoding, &reply, out);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_command(&mut self, cmd: proto::Command) -> Result<Option<Reply>, Disconnect> {
+        let id = cmd.id;
+        if let Some(req) = cmd.connect {
+            return self.connect(id, req).await.map(Some);
+        }
+        if self.connected.is_none() {
+            // Anything before connect is a protocol violation.
+            return Err(close(disconnect::BAD_REQUEST));
+        }
+        let reply = if let Some(req) = cmd.subscribe {
+            self.subscribe(id, req).await
+        } else if let Some(req) = cmd.unsubscribe {
+            self.unsubscribe(&req.channel);
+            Reply {
+                id,
+                unsubscribe: Some(proto::UnsubscribeResult {}),
+                ..Default::default()
+            }
+        } else if let Some(req) = cmd.publish {
+            self.publish(id, req).await
+        } else if let Some(req) = cmd.presence {
+            self.presence(id, &req.channel, false)
+        } else if let Some(req) = cmd.presence_stats {
+            self.presence(id, &req.channel, true)
+        } else if let Some(req) = cmd.history {
+            self.history(id, req).await
+        } else if cmd.ping.is_some() {
+            Reply {
+                id,
+                ping: Some(proto::PingResult {}),
+                ..Default::default()
+            }
+        } else if cmd.send.is_some() {
+            // Asynchronous messages need a backend to go to (RPC proxy work).
+            return Ok(None);
+        } else if cmd.rpc.is_some() {
+            error_reply(id, errors::NOT_AVAILABLE)
+        } else if let Some(req) = cmd.refresh {
+            return self.refresh(id, &req.token).map(Some);
+        } else if let Some(req) = cmd.sub_refresh {
+            self.sub_refresh(id, req)
+        } else if id == 0 {
+            // An empty command is the client's pong.
+            self.got_pong = true;
+            return Ok(None);
+        } else {
+            error_reply(id, errors::METHOD_NOT_FOUND)
+        };
+        Ok(Some(reply))
+    }
+
+    async fn connect(&mut self, id: u32, req: proto::ConnectRequest) -> Result<Reply, Disconnect> {
+        if self.connected.is_some() {
+            return Err(close(disconnect::BAD_REQUEST));
+        }
+        let node = self.node.clone();
+        let s = &node.settings;
+        let token = if req.token.is_empty() {
+            if !s.anonymous {
+                return Ok(error_reply(id, errors::UNAUTHORIZED));
+            }
+            tokens::ConnectionToken::default()
+        } else {
+            match tokens::connection(&self.node.key, &req.token) {
+                Ok(t) => t,
+                Err(TokenError::Expired) => return Ok(error_reply(id, errors::TOKEN_EXPIRED)),
+                Err(TokenError::Invalid) => return Err(close(disconnect::INVALID_TOKEN)),
+            }
+        };
+        if token.channels.len() > s.channel_limit {
+            return Err(close(disconnect::CHANNEL_LIMIT));
+        }
+        self.connected = Some(Connected {
+            user: token.user.clone(),
+            conn_info: token.info.clone(),
+            expires_at: token.expires_at,
+        });
+        self.node
+            .register(&self.client, &token.user, self.control_tx.clone());
+        let mut subs = HashMap::new();
+        for channel in &token.channels {
+            let wanted = req.subs.get(channel).cloned().unwrap_or_default();
+            let sub_req = proto::SubscribeRequest {
+                channel: channel.clone(),
+                ..wanted
+            };
+            match self.join_channel(&sub_req, None).await {
+                Ok(result) => {
+                    subs.insert(channel.clone(), result);
+                }
+                Err(code) => {
+                    tracing::debug!(channel, code = code.0, "server-side subscription refused")
+                }
+            }
+        }
+        let (expires, ttl) = self.ttl(token.expires_at);
+        Ok(Reply {
+            id,
+            connect: Some(proto::ConnectResult {
+                client: self.client.clone(),
+                version: VERSION.into(),
+                expires,
+                ttl,
+                subs,
+                ping: s.ping_interval.as_secs().max(1) as u32,
+                pong: true,
+                node: self.node.name.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn ttl(&self, expires_at: Option<u64>) -> (bool, u32) {
+        match expires_at {
+            Some(exp) => (true, exp.saturating_sub(now_secs()) as u32),
+            None => (false, 0),
+        }
+    }
+
+    fn namespace(&self, channel: &str) -> Result<&Namespace, errors::Code> {
+        if channel.is_empty() {
+            return Err(errors::BAD_REQUEST);
+        }
+        self.node
+            .settings
+            .namespace(channel)
+            .ok_or(errors::UNKNOWN_CHANNEL)
+    }
+
+    async fn subscribe(&mut self, id: u32, req: proto::SubscribeRequest) -> Reply {
+        let ns = match self.namespace(&req.channel) {
+            Ok(ns) => ns.clone(),
+            Err(code) => return error_reply(id, code),
+        };
+        if self.subs.contains_key(&req.channel) {
+            return error_reply(id, errors::ALREADY_SUBSCRIBED);
+        }
+        if self.subs.len() >= self.node.settings.channel_limit {
+            return error_reply(id, errors::LIMIT_EXCEEDED);
+        }
+        let user = self
+            .connected
+            .as_ref()
+            .map(|c| c.user.clone())
+            .unwrap_or_default();
+        let mut chan_info = None;
+        let mut sub_exp = None;
+        if !req.token.is_empty() {
+            match tokens::subscription(&self.node.key, &req.token) {
+                Ok(t) if t.channel == req.channel && t.user == user => {
+                    chan_info = t.info;
+                    sub_exp = t.expires_at;
+                }
+                Ok(_) | Err(TokenError::Invalid) => {
+                    return error_reply(id, errors::PERMISSION_DENIED)
+                }
+                Err(TokenError::Expired) => return error_reply(id, errors::TOKEN_EXPIRED),
+            }
+        } else if !ns.allow_subscribe || (user.is_empty() && !ns.allow_anonymous) {
+            return error_reply(id, errors::PERMISSION_DENIED);
+        }
+        match self.join_channel(&req, chan_info).await {
+            Ok(mut result) => {
+                (result.expires, result.ttl) = self.ttl(sub_exp);
+                Reply {
+                    id,
+                    subscribe: Some(result),
+                    ..Default::default()
+                }
+            }
+            Err(code) => error_reply(id, code),
+        }
+    }
+
+    /// Registers a subscription, answers its position (recovering missed
+    /// publications when asked), and records presence.
+    async fn join_channel(
+        &mut self,
+        req: &proto::SubscribeRequest,
+        chan_info: Option<String>,
+    ) -> Result<proto::SubscribeResult, errors::Code> {
+        let ns = self.namespace(&req.channel)?.clone();
+        if self.subs.contains_key(&req.channel) {
+            return Err(errors::ALREADY_SUBSCRIBED);
+        }
+        let hub = &self.node.hub;
+        let matcher = TopicMatcher::new(MatcherType::Exact, &req.channel, &url_base())
+            .map_err(|_| errors::BAD_REQUEST)?;
+        // Register first, so nothing published from now on is missed.
+        let handle = hub.subscribe_on(
+            &self.sink,
+            vec![matcher],
+            Arc::new(PublicOnly),
+            ns.join_leave,
+        );
+        let recovering =
+            req.recover || (ns.force_recovery && (req.offset > 0 || !req.epoch.is_empty()));
+        let history = hub.history();
+        let internal = |e: crate::history::HistoryError| {
+            tracing::error!(error = %e, "history read failed");
+            errors::INTERNAL
+        };
+        let (publications, position, recovered) = if recovering {
+            let (pubs, pos) = history
+                .read_channel(&req.channel, req.offset, MAX_RECOVER)
+                .await
+                .map_err(internal)?;
+            let pos = if pos.epoch.is_empty() {
+                history.position(&req.channel).await.map_err(internal)?
+            } else {
+                pos
+            };
+            let contiguous = match pubs.first() {
+                Some(first) => first.offset == req.offset + 1,
+                None => pos.offset == req.offset,
+            };
+            let recovered = pos.epoch == req.epoch && contiguous && pubs.len() < MAX_RECOVER;
+            (pubs, pos, recovered)
+        } else {
+            (
+                Vec::new(),
+                history.position(&req.channel).await.map_err(internal)?,
+                false,
+            )
+        };
+        let user = self
+            .connected
+            .as_ref()
+            .map(|c| c.user.clone())
+            .unwrap_or_default();
+        let conn_info = self.connected.as_ref().and_then(|c| c.conn_info.clone());
+        let info = Arc::new(ClientInfo {
+            user,
+            client: self.client.clone(),
+            conn_info,
+            chan_info,
+        });
+        let skip_upto = publications
+            .last()
+            .map_or(position.offset, |p| p.offset.max(position.offset));
+        if ns.presence {
+            hub.presence().add(&req.channel, info.clone());
+        }
+        if ns.join_leave {
+            hub.announce_join(&req.channel, info.clone());
+        }
+        self.subs.insert(
+            req.channel.clone(),
+            ChannelSub {
+                _handle: handle,
+                skip_upto,
+                info,
+                presence: ns.presence,
+                join_leave: ns.join_leave,
+            },
+        );
+        Ok(proto::SubscribeResult {
+            recoverable: true,
+            epoch: position.epoch,
+            offset: skip_upto,
+            recovered,
+            was_recovering: recovering,
+            positioned: req.positioned,
+            publications: if recovered || recovering {
+                publications
+                    .iter()
+                    .filter(|p| !p.draft.private)
+                    .map(|p| p.to_centrifuge(self.encoding))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        })
+    }
+
+    /// Leaves a channel (no-op if not subscribed).
+    pub fn unsubscribe(&mut self, channel: &str) -> bool {
+        let Some(sub) = self.subs.remove(channel) else {
+            return false;
+        };
+        let hub = &self.node.hub;
+        if sub.presence {
+            hub.presence().remove(channel, &self.client);
+        }
+        if sub.join_leave {
+            hub.announce_leave(channel, sub.info.clone());
+        }
+        true
+    }
+
+    async fn publish(&mut self, id: u32, req: proto::PublishRequest) -> Reply {
+        let ns = match self.namespace(&req.channel) {
+            Ok(ns) => ns,
+            Err(code) => return error_reply(id, code),
+        };
+        if !ns.allow_publish {
+            return error_reply(id, errors::PERMISSION_DENIED);
+        }
+        if req.data.is_empty() {
+            return error_reply(id, errors::BAD_REQUEST);
+        }
+        let info = self
+            .subs
+            .get(&req.channel)
+            .map(|s| (*s.info).clone())
+            .unwrap_or_else(|| ClientInfo {
+                user: self
+                    .connected
+                    .as_ref()
+                    .map(|c| c.user.clone())
+                    .unwrap_or_default(),
+                client: self.client.clone(),
+                conn_info: self.connected.as_ref().and_then(|c| c.conn_info.clone()),
+                chan_info: None,
+            });
+        let draft = Draft {
+            channel: req.channel,
+            alternates: Vec::new(),
+            id: format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+            data: req.data,
+            event_type: None,
+            retry: None,
+            private: false,
+            info: Some(info),
+            tags: Default::default(),
+        };
+        match self.node.hub.publish(draft).await {
+            Ok(_) => Reply {
+                id,
+                publish: Some(proto::PublishResult {}),
+                ..Default::default()
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "client publish failed");
+                error_reply(id, errors::INTERNAL)
+            }
+        }
+    }
+
+    fn presence(&self, id: u32, channel: &str, stats: bool) -> Reply {
+        let ns = match self.namespace(channel) {
+            Ok(ns) => ns,
+            Err(code) => return error_reply(id, code),
+        };
+        if !ns.allow_presence {
+            return error_reply(id, errors::PERMISSION_DENIED);
+        }
+        if !ns.presence {
+            return error_reply(id, errors::NOT_AVAILABLE);
+        }
+        let presence = self.node.hub.presence();
+        if stats {
+            let (clients, users) = presence.stats(channel);
+            Reply {
+                id,
+                presence_stats: Some(proto::PresenceStatsResult {
+                    num_clients: clients as u32,
+                    num_users: users as u32,
+                }),
+                ..Default::default()
+            }
+        } else {
+            let map = presence
+                .get(channel)
+                .into_iter()
+                .map(|(k, v)| (k, client_info(&v)))
+                .collect();
+            Reply {
+                id,
+                presence: Some(proto::PresenceResult { presence: map }),
+                ..Default::default()
+            }
+        }
+    }
+
+    async fn history(&self, id: u32, req: proto::HistoryRequest) -> Reply {
+        let ns = match self.namespace(&req.channel) {
+            Ok(ns) => ns,
+            Err(code) => return error_reply(id, code),
+        };
+        if !ns.allow_history {
+            return error_reply(id, errors::PERMISSION_DENIED);
+        }
+        match read_history(
+            &self.node,
+            &req.channel,
+            req.since.as_ref(),
+            req.limit,
+            req.reverse,
+        )
+        .await
+        {
+            Ok((pubs, pos)) => Reply {
+                id,
+                history: Some(proto::HistoryResult {
+                    publications: pubs
+                        .iter()
+                        .map(|p| p.to_centrifuge(self.encoding))
+                        .collect(),
+                    epoch: pos.epoch,
+                    offset: pos.offset,
+                }),
+                ..Default::default()
+            },
+            Err(code) => error_reply(id, code),
+        }
+    }
+
+    fn refresh(&mut self, id: u32, token: &str) -> Result<Reply, Disconnect> {
+        let t = match tokens::connection(&self.node.key, token) {
+            Ok(t) => t,
+            Err(TokenError::Expired) => return Ok(error_reply(id, errors::TOKEN_EXPIRED)),
+            Err(TokenError::Invalid) => return Err(close(disconnect::INVALID_TOKEN)),
+        };
+        let Some(c) = self.connected.as_mut() else {
+            return Err(close(disconnect::BAD_REQUEST));
+        };
+        if t.user != c.user {
+            return Err(close(disconnect::INVALID_TOKEN));
+        }
+        c.expires_at = t.expires_at;
+        let (expires, ttl) = self.ttl(t.expires_at);
+        Ok(Reply {
+            id,
+            refresh: Some(proto::RefreshResult {
+                client: self.client.clone(),
+                version: VERSION.into(),
+                expires,
+                ttl,
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn sub_refresh(&mut self, id: u32, req: proto::SubRefreshRequest) -> Reply {
+        let user = self
+            .connected
+            .as_ref()
+            .map(|c| c.user.clone())
+            .unwrap_or_default();
+        match tokens::subscription(&self.node.key, &req.token) {
+            Ok(t)
+                if t.channel == req.channel
+                    && t.user == user
+                    && self.subs.contains_key(&req.channel) =>
+            {
+                let (expires, ttl) = self.ttl(t.expires_at);
+                Reply {
+                    id,
+                    sub_refresh: Some(proto::SubRefreshResult { expires, ttl }),
+                    ..Default::default()
+                }
+            }
+            Err(TokenError::Expired) => error_reply(id, errors::TOKEN_EXPIRED),
+            _ => error_reply(id, errors::PERMISSION_DENIED),
+        }
+    }
+
+    /// Appends the push for a hub delivery.
+    pub fn push(&mut self, delivery: Delivery, out: &mut BytesMut) {
+        match delivery {
+            Delivery::Publication(p) => {
+                let Some(sub) = self.subs.get_mut(p.channel()) else {
+                    return;
+                };
+                if p.offset <= sub.skip_upto {
+                    return;
+                }
+                sub.skip_upto = p.offset;
+                proto::append_encoded(self.encoding, p.centrifuge_push(self.encoding), out);
+            }
+            Delivery::Join(channel, info) | Delivery::Leave(channel, info)
+                if !self.subs.contains_key(&*channel) =>
+            {
+                let _ = (channel, info);
+            }
+            Delivery::Join(channel, info) => {
+                let push = proto::Push {
+                    channel: channel.to_string(),
+                    join: Some(proto::Join {
+                        info: Some(client_info(&info)),
+                    }),
+                    ..Default::default()
+                };
+                encode_into(
+                    self.encoding,
+                    &Reply {
+                        push: Some(push),
+                        ..Default::default()
+                    },
+                    out,
+                );
+            }
+            Delivery::Leave(channel, info) => {
+                let push = proto::Push {
+                    channel: channel.to_string(),
+                    leave: Some(proto::Leave {
+                        info: Some(client_info(&info)),
+                    }),
+                    ..Default::default()
+                };
+                encode_into(
+                    self.encoding,
+                    &Reply {
+                        push: Some(push),
+                        ..Default::default()
+                    },
+                    out,
+                );
+            }
+        }
+    }
+
+    /// Applies a server control.
+    pub async fn control(
+        &mut self,
+        control: Control,
+        out: &mut BytesMut,
+    ) -> Result<(), Disconnect> {
+        match control {
+            Control::Disconnect(code, reason) => Err((code, reason)),
+            Control::Unsubscribe(channel) => {
+                if self.unsubscribe(&channel) {
+                    let push = proto::Push {
+                        channel,
+                        unsubscribe: Some(proto::Unsubscribe {
+                            code: proto::unsubscribe::SERVER.0,
+                            reason: proto::unsubscribe::SERVER.1.into(),
+                        }),
+                        ..Default::default()
+                    };
+                    encode_into(
+                        self.encoding,
+                        &Reply {
+                            push: Some(push),
+                            ..Default::default()
+                        },
+                        out,
+                    );
+                }
+                Ok(())
+            }
+            Control::Subscribe(channel) => {
+                let req = proto::SubscribeRequest {
+                    channel: channel.clone(),
+                    ..Default::default()
+                };
+                if let Ok(result) = self.join_channel(&req, None).await {
+                    let push = proto::Push {
+                        channel,
+                        subscribe: Some(proto::Subscribe {
+                            recoverable: result.recoverable,
+                            epoch: result.epoch,
+                            offset: result.offset,
+                            positioned: result.positioned,
+                            data: Bytes::new(),
+                        }),
+                        ..Default::default()
+                    };
+                    encode_into(
+                        self.encoding,
+                        &Reply {
+                            push: Some(push),
+                            ..Default::default()
+                        },
+                        out,
+                    );
+                }
+                Ok(())
+            }
+            Control::Refresh(expires_at) => {
+                if let Some(c) = self.connected.as_mut() {
+                    c.expires_at = expires_at;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A ping (an empty reply).
+    pub fn ping(&mut self, out: &mut BytesMut) {
+        self.got_pong = false;
+        encode_into(self.encoding, &Reply::default(), out);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        for c in channels {
+            self.unsubscribe(&c);
+        }
+        self.node.unregister(&self.client);
+    }
+}
+
+/// The base URL channel names are resolved against for matchers (exact
+/// matchers never use it).
+fn url_base() -> url::Url {
+    url::Url::parse("http://localhost/").unwrap_or_else(|_| unreachable!())
+}
+
+/// Reads a channel's history the way the protocol's `history` asks:
+/// `since` (offset + epoch; a different epoch is an unrecoverable position),
+/// `limit` (0: only the position; negative: no limit), `reverse`.
+pub async fn read_history(
+    node: &Node,
+    channel: &str,
+    since: Option<&proto::StreamPosition>,
+    limit: i32,
+    reverse: bool,
+) -> Result<(Vec<Arc<Publication>>, crate::history::StreamPosition), errors::Code> {
+    let history = node.hub.history();
+    let internal = |_| errors::INTERNAL;
+    let position = history.position(channel).await.map_err(internal)?;
+    if let Some(s) = since {
+        if !s.epoch.is_empty() && s.epoch != position.epoch {
+            return Err(errors::UNRECOVERABLE_POSITION);
+        }
+    }
+    if limit == 0 {
+        return Ok((Vec::new(), position));
+    }
+    let from = since.map_or(0, |s| s.offset);
+    let (mut pubs, position) = history
+        .read_channel(channel, from, MAX_RECOVER)
+        .await
+        .map_err(internal)?;
+    pubs.retain(|p| !p.draft.private);
+    if reverse {
+        pubs.reverse();
+    }
+    if limit > 0 {
+        pubs.truncate(limit as usize);
+    }
+    Ok((pubs, position))
+}

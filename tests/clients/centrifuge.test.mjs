@@ -1,0 +1,199 @@
+// The real centrifuge-js SDK (npm `centrifuge`, with the `ws` package)
+// against tidings: connect with a JWT, subscribe, receive publications, see
+// join/leave and presence, lose the connection and recover the missed
+// publications with `recovered: true`; and a Mercure EventSource subscriber
+// on the same channel sees the same publications in the same order.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import WebSocket from "ws";
+import { Centrifuge } from "centrifuge";
+import { EventSource } from "eventsource";
+import { Hub, Proxy, freePort, waitFor, jwt, nowSecs } from "./lib/harness.mjs";
+
+const SECRET = "centrifuge-js-test-secret";
+const API_KEY = "centrifuge-js-test-api-key";
+
+async function startHub() {
+  const hub = new Hub(await freePort(), {
+    TIDINGS_CENTRIFUGO_TOKEN_KEY: SECRET,
+    TIDINGS_CENTRIFUGO_API_KEY: API_KEY,
+    TIDINGS_CENTRIFUGO_PING_INTERVAL: "2s",
+  });
+  const config = join(hub.dataDir, "tidings.toml");
+  writeFileSync(
+    config,
+    `[[centrifugo.namespaces]]
+name = "chat"
+allow_subscribe = true
+allow_publish = true
+allow_presence = true
+allow_history = true
+presence = true
+join_leave = true
+force_recovery = true
+`,
+  );
+  hub.args = ["--config", config];
+  await hub.start();
+  return hub;
+}
+
+async function api(hub, method, params) {
+  const res = await fetch(hub.url(`/api/${method}`), {
+    method: "POST",
+    headers: { "X-API-Key": API_KEY, "Content-Type": "application/json" },
+    body: JSON.stringify(params),
+  });
+  assert.equal(res.status, 200);
+  const body = await res.json();
+  assert.ok(!body.error, JSON.stringify(body.error));
+  return body.result;
+}
+
+function client(url, user, extra = {}) {
+  return new Centrifuge(url, {
+    websocket: WebSocket,
+    token: jwt({ sub: user, exp: nowSecs() + 3600, info: { name: user } }, SECRET),
+    minReconnectDelay: 50,
+    maxReconnectDelay: 200,
+    ...extra,
+  });
+}
+
+const hubs = [];
+after(async () => {
+  for (const h of hubs) {
+    await h.stop().catch(() => {});
+    h.cleanup();
+  }
+});
+
+test("connect with a JWT, subscribe, publications, join/leave and presence", async () => {
+  const hub = await startHub();
+  hubs.push(hub);
+  const url = `ws://127.0.0.1:${hub.port}/connection/websocket`;
+  const alice = client(url, "alice");
+  const connected = new Promise((resolve) => alice.once("connected", resolve));
+  alice.connect();
+  const ctx = await connected;
+  assert.ok(ctx.client, "no client id");
+
+  const sub = alice.newSubscription("chat:room");
+  const got = [];
+  const joins = [];
+  const leaves = [];
+  sub.on("publication", (c) => got.push(c.data));
+  sub.on("join", (c) => joins.push(c.info.user));
+  sub.on("leave", (c) => leaves.push(c.info.user));
+  const subscribed = new Promise((resolve) => sub.once("subscribed", resolve));
+  sub.subscribe();
+  await subscribed;
+
+  await api(hub, "publish", { channel: "chat:room", data: { text: "from the API" } });
+  await waitFor(() => got.length === 1, "the API publication");
+  assert.deepEqual(got[0], { text: "from the API" });
+
+  // A second client joins, publishes from the client side, then leaves.
+  const bob = client(url, "bob");
+  bob.connect();
+  const bobSub = bob.newSubscription("chat:room");
+  bobSub.subscribe();
+  await bobSub.ready(5000);
+  await waitFor(() => joins.includes("bob"), "bob's join");
+  const presence = await sub.presence();
+  const users = Object.values(presence.clients).map((c) => c.user).sort();
+  assert.deepEqual(users, ["alice", "bob"]);
+  const stats = await sub.presenceStats();
+  assert.deepEqual([stats.numClients, stats.numUsers], [2, 2]);
+  await bobSub.publish({ text: "hi from bob" });
+  await waitFor(() => got.length === 2, "bob's publication");
+  assert.deepEqual(got[1], { text: "hi from bob" });
+  bob.disconnect();
+  await waitFor(() => leaves.includes("bob"), "bob's leave");
+
+  const history = await sub.history({ limit: 10 });
+  assert.deepEqual(history.publications.map((p) => p.data.text), ["from the API", "hi from bob"]);
+  alice.disconnect();
+});
+
+test("a dropped connection recovers the missed publications", async () => {
+  const hub = await startHub();
+  hubs.push(hub);
+  const proxy = new Proxy(hub.port);
+  const port = await proxy.listen();
+  const c = client(`ws://127.0.0.1:${port}/connection/websocket`, "carol");
+  const sub = c.newSubscription("chat:recover");
+  const got = [];
+  const subscribedEvents = [];
+  sub.on("publication", (ctx) => got.push(ctx.data.n));
+  sub.on("subscribed", (ctx) => subscribedEvents.push(ctx));
+  c.connect();
+  sub.subscribe();
+  await waitFor(() => subscribedEvents.length === 1, "first subscribe");
+  for (let n = 1; n <= 3; n++) await api(hub, "publish", { channel: "chat:recover", data: { n } });
+  await waitFor(() => got.length === 3, "live publications");
+
+  proxy.cut();
+  for (let n = 4; n <= 8; n++) await api(hub, "publish", { channel: "chat:recover", data: { n } });
+  proxy.resume();
+  await waitFor(() => subscribedEvents.length === 2, "resubscribe after reconnect");
+  await waitFor(() => got.length === 8, "recovered publications");
+  const again = subscribedEvents[1];
+  assert.equal(again.wasRecovering, true);
+  assert.equal(again.recovered, true);
+  assert.deepEqual(got, [1, 2, 3, 4, 5, 6, 7, 8]);
+  c.disconnect();
+  proxy.close();
+});
+
+test("Mercure and Centrifugo subscribers see the same publications in the same order", async () => {
+  const hub = await startHub();
+  hubs.push(hub);
+  const c = client(`ws://127.0.0.1:${hub.port}/connection/websocket`, "dave");
+  const sub = c.newSubscription("chat:shared");
+  const viaWs = [];
+  sub.on("publication", (ctx) => viaWs.push(JSON.stringify(ctx.data)));
+  c.connect();
+  sub.subscribe();
+  await sub.ready(5000);
+
+  const url = new URL(hub.url("/.well-known/mercure"));
+  url.searchParams.append("match", "chat:shared");
+  const es = new EventSource(url);
+  const viaSse = [];
+  es.onmessage = (e) => viaSse.push(e.data);
+  await new Promise((resolve) => (es.onopen = resolve));
+
+  const mercureToken = jwt(
+    {
+      iss: "tidings",
+      aud: hub.url("/.well-known/mercure"),
+      exp: nowSecs() + 60,
+      authorization_details: [{ type: "https://mercure.rocks/authorization-detail", actions: ["publish"], topics: [{ match: "*" }] }],
+    },
+    "!ChangeThisMercureHubJWTSecretKey!",
+    "at+jwt",
+  );
+  const expected = [];
+  for (let i = 0; i < 6; i++) {
+    const data = JSON.stringify({ i });
+    expected.push(data);
+    if (i % 2 === 0) {
+      const res = await fetch(hub.url("/.well-known/mercure"), {
+        method: "POST",
+        headers: { Authorization: `Bearer ${mercureToken}`, "Content-Type": "application/x-www-form-urlencoded" },
+        body: new URLSearchParams({ topic: "chat:shared", data }),
+      });
+      assert.equal(res.status, 200);
+    } else {
+      await api(hub, "publish", { channel: "chat:shared", data: { i } });
+    }
+  }
+  await waitFor(() => viaWs.length === 6 && viaSse.length === 6, "both subscribers");
+  assert.deepEqual(viaWs, expected);
+  assert.deepEqual(viaSse, expected);
+  es.close();
+  c.disconnect();
+});
