@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: the Rust unit and integration suites, then the suites that
-# drive real third-party clients (npm packages, installed here from the lock
-# file) against the tidings binary.
+# drive real third-party clients (npm and PyPI packages, installed here)
+# against the tidings binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,5 +15,16 @@ if ! command -v node >/dev/null 2>&1; then
   echo "SKIPPED client tests: node is not installed"
   exit 0
 fi
+export TIDINGS_BIN="$PWD/target/debug/tidings"
+
+# Python SDKs (centrifuge-python, cent) in a virtual environment.
+if [ ! -x tests/clients/.venv/bin/python ]; then
+  python3 -m venv tests/clients/.venv
+fi
+tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
+export TIDINGS_PYTHON="$PWD/tests/clients/.venv/bin/python"
+
+# npm clients (eventsource, centrifuge, ws) from the lock file.
 (cd tests/clients && npm ci --no-audit --no-fund --loglevel=error)
-TIDINGS_BIN="$PWD/target/debug/tidings" node --test tests/clients/
+node --test tests/clients/
+(cd tests/clients && "$TIDINGS_PYTHON" -m unittest -v test_python_clients)

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import WebSocket from "ws";
 import { Centrifuge } from "centrifuge";
 import { EventSource } from "eventsource";
-import { Hub, Proxy, freePort, waitFor, jwt, nowSecs } from "./lib/harness.mjs";
+import { Hub, Proxy, freePort, waitFor, jwt, nowSecs, centPublish } from "./lib/harness.mjs";
 
 const SECRET = "centrifuge-js-test-secret";
 const API_KEY = "centrifuge-js-test-api-key";
@@ -91,8 +91,8 @@ test("connect with a JWT, subscribe, publications, join/leave and presence", asy
   sub.subscribe();
   await subscribed;
 
-  await api(hub, "publish", { channel: "chat:room", data: { text: "from the API" } });
-  await waitFor(() => got.length === 1, "the API publication");
+  assert.equal(await centPublish(hub, API_KEY, "chat:room", { text: "from the API" }), 1);
+  await waitFor(() => got.length === 1, "the publication sent with cent");
   assert.deepEqual(got[0], { text: "from the API" });
 
   // A second client joins, publishes from the client side, then leaves.
@@ -195,5 +195,29 @@ test("Mercure and Centrifugo subscribers see the same publications in the same o
   assert.deepEqual(viaWs, expected);
   assert.deepEqual(viaSse, expected);
   es.close();
+  c.disconnect();
+});
+
+test("the protobuf build of centrifuge-js: binary frames, payloads unchanged", async () => {
+  const { Centrifuge: ProtobufCentrifuge } = await import("centrifuge/build/protobuf");
+  const hub = await startHub();
+  hubs.push(hub);
+  const c = new ProtobufCentrifuge(`ws://127.0.0.1:${hub.port}/connection/websocket`, {
+    websocket: WebSocket,
+    token: jwt({ sub: "erin", exp: nowSecs() + 3600 }, SECRET),
+  });
+  const sub = c.newSubscription("chat:binary");
+  const got = [];
+  sub.on("publication", (ctx) => got.push(Buffer.from(ctx.data).toString()));
+  c.connect();
+  sub.subscribe();
+  await sub.ready(5000);
+  await api(hub, "publish", { channel: "chat:binary", data: { via: "api" } });
+  // A binary payload published by a protobuf client reaches it byte for byte.
+  await sub.publish(new TextEncoder().encode("raw bytes \u00e9"));
+  await waitFor(() => got.length === 2, "protobuf publications");
+  assert.deepEqual(got, ['{"via":"api"}', "raw bytes \u00e9"]);
+  const history = await sub.history({ limit: 5 });
+  assert.equal(history.publications.length, 2);
   c.disconnect();
 });

@@ -8,110 +8,21 @@
 // directly to the hub.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFile } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import net from "node:net";
+import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { EventSource } from "eventsource";
+import { BIN, Hub, Proxy, freePort, waitFor } from "./lib/harness.mjs";
 
-const BIN = process.env.TIDINGS_BIN ?? new URL("../../target/debug/tidings", import.meta.url).pathname;
 const run = promisify(execFile);
 
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-class Hub {
-  constructor(port, dataDir) {
-    this.env = {
-      ...process.env,
-      TIDINGS_LISTEN: `127.0.0.1:${port}`,
-      TIDINGS_DATA_DIR: dataDir,
-      TIDINGS_MERCURE_KEY: "node-client-test-key",
-      TIDINGS_MERCURE_SSE_RETRY: "100",
-      TIDINGS_LOG_LEVEL: "warn",
-    };
-  }
-  async start() {
-    this.proc = spawn(BIN, ["serve"], { env: this.env, stdio: ["ignore", "pipe", "inherit"] });
-    await new Promise((resolve, reject) => {
-      this.proc.stdout.once("data", (d) => (String(d).includes("listening") ? resolve() : reject(new Error(String(d)))));
-      this.proc.once("exit", (code) => reject(new Error(`hub exited with ${code}`)));
-    });
-  }
-  async stop() {
-    const exited = new Promise((resolve) => this.proc.once("exit", resolve));
-    this.proc.kill("SIGTERM");
-    assert.equal(await exited, 0, "hub did not exit cleanly");
-  }
-  async publish(topic, data) {
-    const { stdout } = await run(BIN, ["publish", "--topic", topic, "--data", data], { env: this.env });
-    return stdout.trim();
-  }
-}
-
-// Forwards connections to the hub; `cut()` drops them and refuses new ones
-// until `resume()`.
-class Proxy {
-  constructor(target) {
-    this.target = target;
-    this.open = true;
-    this.sockets = new Set();
-    this.server = net.createServer((client) => {
-      if (!this.open) return client.destroy();
-      const upstream = net.connect(target, "127.0.0.1");
-      this.sockets.add(client).add(upstream);
-      client.pipe(upstream).pipe(client);
-      const done = () => {
-        client.destroy();
-        upstream.destroy();
-        this.sockets.delete(client);
-        this.sockets.delete(upstream);
-      };
-      client.on("error", done).on("close", done);
-      upstream.on("error", done).on("close", done);
-    });
-  }
-  listen() {
-    return new Promise((resolve) => this.server.listen(0, "127.0.0.1", () => resolve(this.server.address().port)));
-  }
-  cut() {
-    this.open = false;
-    for (const s of this.sockets) s.destroy();
-  }
-  resume() {
-    this.open = true;
-  }
-  close() {
-    this.cut();
-    this.server.close();
-  }
-}
-
-function waitFor(predicate, what, ms = 10000) {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const tick = () => {
-      if (predicate()) return resolve();
-      if (Date.now() - started > ms) return reject(new Error(`timed out waiting for ${what}`));
-      setTimeout(tick, 20);
-    };
-    tick();
-  });
+async function publish(hub, topic, data) {
+  const { stdout } = await run(BIN, ["publish", "--topic", topic, "--data", data], { env: hub.env });
+  return stdout.trim();
 }
 
 test("eventsource recovers every missed update, in order, across drops and a hub restart", async () => {
-  const dataDir = mkdtempSync(join(tmpdir(), "tidings-es-"));
   const port = await freePort();
-  const hub = new Hub(port, dataDir);
+  const hub = new Hub(port, { TIDINGS_MERCURE_KEY: "node-client-test-key", TIDINGS_MERCURE_SSE_RETRY: "100" });
   await hub.start();
   const proxy = new Proxy(port);
   const proxyPort = await proxy.listen();
@@ -132,11 +43,11 @@ test("eventsource recovers every missed update, in order, across drops and a hub
     const published = [];
     const pub = async (n) => {
       published.push(String(n));
-      return hub.publish("https://example.com/ticker", String(n));
+      return publish(hub, "https://example.com/ticker", String(n));
     };
 
     for (let i = 1; i <= 3; i++) await pub(i);
-    await hub.publish("https://example.com/other", "not for us");
+    await publish(hub, "https://example.com/other", "not for us");
     await waitFor(() => received.length === 3, "live updates");
 
     // Drop the connection; publish while the client is cut off.
@@ -164,6 +75,6 @@ test("eventsource recovers every missed update, in order, across drops and a hub
     es.close();
     proxy.close();
     await hub.stop().catch(() => {});
-    rmSync(dataDir, { recursive: true, force: true });
+    hub.cleanup();
   }
 });

@@ -1,6 +1,7 @@
 // Shared helpers for the client tests: run a tidings hub, cut connections
 // with a proxy, mint tokens, wait for conditions.
-import { spawn } from "node:child_process";
+import { spawn, execFile } from "node:child_process";
+import { promisify } from "node:util";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -110,4 +111,18 @@ export function jwt(claims, secret, typ = "JWT") {
 
 export function nowSecs() {
   return Math.floor(Date.now() / 1000);
+}
+
+// Publishes through PyPI `cent` (the real backend SDK), run by the Python
+// of the test virtual environment.
+export async function centPublish(hub, apiKey, channel, data) {
+  const python = process.env.TIDINGS_PYTHON ?? "python3";
+  const script = [
+    "import json, sys",
+    "from cent import Client, PublishRequest",
+    "c = Client(sys.argv[1], sys.argv[2])",
+    "print(c.publish(PublishRequest(channel=sys.argv[3], data=json.loads(sys.argv[4]))).offset)",
+  ].join("\n");
+  const { stdout } = await promisify(execFile)(python, ["-c", script, hub.url("/api"), apiKey, channel, JSON.stringify(data)]);
+  return Number(stdout.trim());
 }
