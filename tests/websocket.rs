@@ -1,0 +1,554 @@
+//! The Centrifugo client protocol over WebSocket and the server API, against
+//! a running server: framing, the handshake, bad input and its isolation.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "websocket-test-secret";
+const API_KEY: &str = "websocket-test-api-key";
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn start(extra: &[(&str, &str)]) -> Hub {
+    let mut args = vec![
+        ("centrifugo.token_key", SECRET),
+        ("centrifugo.api_key", API_KEY),
+        ("centrifugo.channel.allow_subscribe", "true"),
+        ("centrifugo.channel.allow_publish", "true"),
+        ("centrifugo.channel.allow_history", "true"),
+        ("centrifugo.channel.allow_presence", "true"),
+        ("centrifugo.channel.presence", "true"),
+    ];
+    args.extend_from_slice(extra);
+    Hub::start(&args)
+}
+
+fn conn_token(user: &str, exp_in: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    tidings::auth::jwt::mint(
+        &json!({"sub": user, "exp": now + exp_in}),
+        SECRET,
+        jsonwebtoken::Algorithm::HS256,
+        false,
+    )
+    .unwrap()
+}
+
+async fn dial(hub: &Hub, origin: Option<&str>) -> Result<Ws, u16> {
+    let mut req = format!("ws://{}/connection/websocket", hub.addr)
+        .into_client_request()
+        .unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Err(res.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+async fn send(ws: &mut Ws, frame: &str) {
+    ws.send(Message::text(frame)).await.unwrap();
+}
+
+/// The next text frame's messages, skipping pings (`{}`).
+async fn recv(ws: &mut Ws) -> Vec<Value> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("no frame")
+            .expect("closed")
+            .unwrap();
+        if let Message::Text(t) = msg {
+            let msgs: Vec<Value> = t
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .filter(|v: &Value| v != &json!({}))
+                .collect();
+            if !msgs.is_empty() {
+                return msgs;
+            }
+        }
+    }
+}
+
+/// Waits for the close frame; returns its code and reason.
+async fn closed(ws: &mut Ws) -> (u16, String) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("not closed in time")
+        {
+            Some(Ok(Message::Close(Some(f)))) => return (f.code.into(), f.reason.to_string()),
+            Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("{e}"),
+        }
+    }
+}
+
+async fn connected(hub: &Hub, user: &str) -> Ws {
+    let mut ws = dial(hub, None).await.unwrap();
+    send(
+        &mut ws,
+        &json!({"id": 1, "connect": {"token": conn_token(user, 3600)}}).to_string(),
+    )
+    .await;
+    let r = recv(&mut ws).await;
+    assert!(r[0]["connect"]["client"].is_string(), "{r:?}");
+    ws
+}
+
+async fn api(hub: &Hub, method: &str, body: Value) -> (u16, Value) {
+    let res = reqwest::Client::new()
+        .post(hub.url(&format!("/api/{method}")))
+        .header("X-API-Key", API_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn several_commands_in_one_frame_get_their_replies_in_one_frame() {
+    let hub = start(&[]);
+    let mut ws = dial(&hub, None).await.unwrap();
+    let frame = [
+        json!({"id": 1, "connect": {"token": conn_token("u1", 3600)}}),
+        json!({"id": 2, "subscribe": {"channel": "room"}}),
+        json!({"id": 3, "presence_stats": {"channel": "room"}}),
+        json!({"id": 4, "publish": {"channel": "room", "data": {"hello": "world"}}}),
+        json!({"id": 5, "history": {"channel": "room", "limit": 10}}),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect::<Vec<_>>()
+    .join("\n");
+    send(&mut ws, &frame).await;
+    let replies = recv(&mut ws).await;
+    let ids: Vec<u64> = replies.iter().filter_map(|r| r["id"].as_u64()).collect();
+    assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+    assert_eq!(replies[0]["connect"]["ping"], 25);
+    assert_eq!(replies[0]["connect"]["pong"], true);
+    assert_eq!(replies[0]["connect"]["expires"], true);
+    assert!(replies[1]["subscribe"]["epoch"].is_string());
+    assert_eq!(replies[2]["presence_stats"]["num_clients"], 1);
+    assert_eq!(
+        replies[4]["history"]["publications"][0]["data"]["hello"],
+        "world"
+    );
+    // The publication push arrives too (maybe in the same frame).
+    let mut all = replies.clone();
+    while !all
+        .iter()
+        .any(|m| m["push"]["pub"]["data"]["hello"] == "world")
+    {
+        all.extend(recv(&mut ws).await);
+    }
+}
+
+#[tokio::test]
+async fn cross_origin_handshakes_are_refused() {
+    let hub = start(&[("centrifugo.allowed_origins", "https://app.example")]);
+    assert_eq!(
+        dial(&hub, Some("https://evil.example")).await.err(),
+        Some(403)
+    );
+    assert_eq!(dial(&hub, Some("null")).await.err(), Some(403));
+    assert!(dial(&hub, Some("https://app.example")).await.is_ok());
+    assert!(
+        dial(&hub, Some(&format!("http://{}", hub.addr)))
+            .await
+            .is_ok(),
+        "same origin"
+    );
+    assert!(
+        dial(&hub, None).await.is_ok(),
+        "non-browser clients send no Origin"
+    );
+}
+
+#[tokio::test]
+async fn protocol_errors_and_disconnects() {
+    let hub = start(&[
+        ("centrifugo.channel_limit", "2"),
+        ("centrifugo.max_frame", "4096"),
+        ("centrifugo.handshake_timeout", "500ms"),
+    ]);
+    // A bystander subscribed to a channel must be unaffected by all of this.
+    let mut bystander = connected(&hub, "bystander").await;
+    send(
+        &mut bystander,
+        &json!({"id": 2, "subscribe": {"channel": "calm"}}).to_string(),
+    )
+    .await;
+    recv(&mut bystander).await;
+
+    // Malformed JSON → 3501 bad request.
+    let mut ws = connected(&hub, "a").await;
+    send(&mut ws, "{not json").await;
+    assert_eq!(closed(&mut ws).await.0, 3501);
+    // A command before connect → 3501.
+    let mut ws = dial(&hub, None).await.unwrap();
+    send(
+        &mut ws,
+        &json!({"id": 1, "subscribe": {"channel": "x"}}).to_string(),
+    )
+    .await;
+    assert_eq!(closed(&mut ws).await.0, 3501);
+    // An invalid token → 3500; an expired one → error 109; none → error 101.
+    let mut ws = dial(&hub, None).await.unwrap();
+    send(
+        &mut ws,
+        &json!({"id": 1, "connect": {"token": "garbage"}}).to_string(),
+    )
+    .await;
+    assert_eq!(closed(&mut ws).await, (3500, "invalid token".into()));
+    let mut ws = dial(&hub, None).await.unwrap();
+    send(
+        &mut ws,
+        &json!({"id": 1, "connect": {"token": conn_token("a", -10)}}).to_string(),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await[0]["error"]["code"], 109);
+    send(&mut ws, &json!({"id": 2, "connect": {}}).to_string()).await;
+    assert_eq!(recv(&mut ws).await[0]["error"]["code"], 101);
+    // An oversized frame → 1009.
+    let mut ws = connected(&hub, "a").await;
+    send(
+        &mut ws,
+        &format!(
+            "{{\"id\":2,\"publish\":{{\"channel\":\"x\",\"data\":\"{}\"}}}}",
+            "x".repeat(8000)
+        ),
+    )
+    .await;
+    assert_eq!(closed(&mut ws).await.0, 1009);
+    // Invalid UTF-8 in a text frame → 1007.
+    let mut ws = connected(&hub, "a").await;
+    let raw = tokio_tungstenite::tungstenite::protocol::frame::Frame::message(
+        vec![0xff, 0xfe],
+        tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode::Data(
+            tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Text,
+        ),
+        true,
+    );
+    ws.send(Message::Frame(raw)).await.unwrap();
+    assert_eq!(closed(&mut ws).await.0, 1007);
+    // No connect command in time → 3502 stale.
+    let mut ws = dial(&hub, None).await.unwrap();
+    assert_eq!(closed(&mut ws).await.0, 3502);
+
+    // Errors that keep the connection: unknown method, unknown namespace,
+    // already subscribed, channel limit, RPC without a backend.
+    let mut ws = connected(&hub, "b").await;
+    let frame = [
+        json!({"id": 2, "unknown_method": {}}),
+        json!({"id": 3, "subscribe": {"channel": "nons:x"}}),
+        json!({"id": 4, "subscribe": {"channel": "one"}}),
+        json!({"id": 5, "subscribe": {"channel": "one"}}),
+        json!({"id": 6, "subscribe": {"channel": "two"}}),
+        json!({"id": 7, "subscribe": {"channel": "three"}}),
+        json!({"id": 8, "rpc": {"method": "m", "data": {}}}),
+        json!({"id": 9, "subscribe": {"channel": ""}}),
+        json!({"id": 10, "publish": {"channel": "one"}}),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect::<Vec<_>>()
+    .join("\n");
+    send(&mut ws, &frame).await;
+    let mut replies = Vec::new();
+    while replies.len() < 9 {
+        replies.extend(recv(&mut ws).await.into_iter().filter(|r| r["id"].is_u64()));
+    }
+    let codes: Vec<Value> = replies.iter().map(|r| r["error"]["code"].clone()).collect();
+    assert_eq!(
+        codes,
+        vec![
+            json!(104),
+            json!(102),
+            Value::Null,
+            json!(105),
+            Value::Null,
+            json!(106),
+            json!(108),
+            json!(107),
+            json!(107)
+        ]
+    );
+
+    // The bystander still receives publications.
+    let (status, body) = api(
+        &hub,
+        "publish",
+        json!({"channel": "calm", "data": {"still": "here"}}),
+    )
+    .await;
+    assert_eq!((status, body["result"]["offset"].clone()), (200, json!(1)));
+    let msgs = recv(&mut bystander).await;
+    assert_eq!(msgs[0]["push"]["pub"]["data"]["still"], "here");
+}
+
+#[tokio::test]
+async fn permissions_follow_namespaces_and_subscription_tokens() {
+    let hub = start(&[
+        ("centrifugo.channel.allow_subscribe", "false"),
+        ("centrifugo.channel.allow_publish", "false"),
+    ]);
+    let mut ws = connected(&hub, "u").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sub_token = |user: &str, channel: &str| {
+        tidings::auth::jwt::mint(
+            &json!({"sub": user, "channel": channel, "exp": now + 60, "info": {"role": "reader"}}),
+            SECRET,
+            jsonwebtoken::Algorithm::HS256,
+            false,
+        )
+        .unwrap()
+    };
+    let frame = [
+        json!({"id": 2, "subscribe": {"channel": "closed"}}),
+        json!({"id": 3, "subscribe": {"channel": "closed", "token": sub_token("someone-else", "closed")}}),
+        json!({"id": 4, "subscribe": {"channel": "closed", "token": sub_token("u", "other")}}),
+        json!({"id": 5, "subscribe": {"channel": "closed", "token": sub_token("u", "closed")}}),
+        json!({"id": 6, "publish": {"channel": "closed", "data": {}}}),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect::<Vec<_>>()
+    .join("\n");
+    send(&mut ws, &frame).await;
+    let replies = recv(&mut ws).await;
+    let codes: Vec<Value> = replies.iter().map(|r| r["error"]["code"].clone()).collect();
+    assert_eq!(
+        codes,
+        vec![json!(103), json!(103), json!(103), Value::Null, json!(103)]
+    );
+    assert_eq!(replies[3]["subscribe"]["expires"], true);
+}
+
+#[tokio::test]
+async fn server_pings_and_missing_pongs() {
+    let hub = start(&[
+        ("centrifugo.ping_interval", "300ms"),
+        ("centrifugo.pong_timeout", "200ms"),
+    ]);
+    let mut ws = connected(&hub, "p").await;
+    // A ping is an empty object; answer one, then ignore the next.
+    let ping = tokio::time::timeout(Duration::from_secs(2), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ping, Message::text("{}"));
+    send(&mut ws, "{}").await;
+    let (code, _) = closed(&mut ws).await;
+    assert_eq!(code, 3012, "no pong");
+}
+
+#[tokio::test]
+async fn recovery_from_a_position() {
+    let hub = start(&[]);
+    for i in 1..=5 {
+        api(&hub, "publish", json!({"channel": "r", "data": {"i": i}})).await;
+    }
+    let mut ws = connected(&hub, "r").await;
+    send(
+        &mut ws,
+        &json!({"id": 2, "subscribe": {"channel": "r"}}).to_string(),
+    )
+    .await;
+    let sub = recv(&mut ws).await[0]["subscribe"].clone();
+    let epoch = sub["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(sub["offset"], 5);
+    send(
+        &mut ws,
+        &json!({"id": 3, "unsubscribe": {"channel": "r"}}).to_string(),
+    )
+    .await;
+    recv(&mut ws).await;
+    api(&hub, "publish", json!({"channel": "r", "data": {"i": 6}})).await;
+    send(&mut ws, &json!({"id": 4, "subscribe": {"channel": "r", "recover": true, "offset": 3, "epoch": epoch}}).to_string()).await;
+    let sub = recv(&mut ws).await[0]["subscribe"].clone();
+    assert_eq!(sub["recovered"], true);
+    let got: Vec<Value> = sub["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"]["i"].clone())
+        .collect();
+    assert_eq!(got, vec![json!(4), json!(5), json!(6)]);
+    // A wrong epoch is not recovered: the client is told, not given a gap.
+    send(
+        &mut ws,
+        &json!({"id": 5, "unsubscribe": {"channel": "r"}}).to_string(),
+    )
+    .await;
+    recv(&mut ws).await;
+    send(&mut ws, &json!({"id": 6, "subscribe": {"channel": "r", "recover": true, "offset": 3, "epoch": "bogus"}}).to_string()).await;
+    let sub = recv(&mut ws).await[0]["subscribe"].clone();
+    // `false` fields are omitted on the wire, as Centrifugo does.
+    assert_ne!(sub["recovered"], true);
+    assert_eq!(sub["was_recovering"], true);
+    // History since a position in another epoch is an unrecoverable position.
+    send(&mut ws, &json!({"id": 7, "history": {"channel": "r", "limit": 10, "since": {"offset": 1, "epoch": "bogus"}}}).to_string()).await;
+    assert_eq!(recv(&mut ws).await[0]["error"]["code"], 112);
+}
+
+#[tokio::test]
+async fn server_api_errors() {
+    let hub = start(&[]);
+    let client = reqwest::Client::new();
+    let res = client
+        .post(hub.url("/api/publish"))
+        .header("X-API-Key", "wrong")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = client
+        .post(hub.url("/api/publish"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = client
+        .post(hub.url("/api/publish"))
+        .header("Authorization", format!("apikey {API_KEY}"))
+        .json(&json!({"channel": "a", "data": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(api(&hub, "nope", json!({})).await.0, 404);
+    let res = client
+        .post(hub.url("/api/publish"))
+        .header("X-API-Key", API_KEY)
+        .body("[1]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(
+        api(&hub, "publish", json!({"channel": "ns:x", "data": 1}))
+            .await
+            .1["error"]["code"],
+        102
+    );
+    assert_eq!(
+        api(&hub, "publish", json!({"channel": "x"})).await.1["error"]["code"],
+        107
+    );
+    assert_eq!(
+        api(&hub, "publish", json!({"data": 1})).await.1["error"]["code"],
+        107
+    );
+    let (_, body) = api(
+        &hub,
+        "publish",
+        json!({"channel": "b64", "b64data": "aGVsbG8="}),
+    )
+    .await;
+    assert_eq!(body["result"]["offset"], 1);
+    let (_, body) = api(
+        &hub,
+        "batch",
+        json!({"commands": [{"publish": {"channel": "x", "data": 1}}, {"nope": {}}]}),
+    )
+    .await;
+    assert_eq!(body["replies"][0]["publish"]["offset"], 1);
+    assert_eq!(body["replies"][1]["error"]["code"], 104);
+    // With no key configured, the API is closed.
+    let closed = Hub::start(&[]);
+    let res = client
+        .post(closed.url("/api/info"))
+        .header("X-API-Key", "")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}
+
+#[tokio::test]
+async fn mercure_updates_reach_websocket_subscribers_and_back() {
+    let hub = start(&[]);
+    let mut ws = connected(&hub, "x").await;
+    send(
+        &mut ws,
+        &json!({"id": 2, "subscribe": {"channel": "shared"}}).to_string(),
+    )
+    .await;
+    recv(&mut ws).await;
+    let mut sse = open(&hub, "match=shared", &[]).await;
+    publish(&hub, "shared", "plain text from Mercure").await;
+    publish(&hub, "shared", "{\"json\":true}").await;
+    let body = "topic=shared&data=secret&private=on";
+    assert_eq!(post(&hub, Some(&publisher(&hub)), body).await.0, 200);
+    api(
+        &hub,
+        "publish",
+        json!({"channel": "shared", "data": {"from": "api"}}),
+    )
+    .await;
+    let mut pushes = Vec::new();
+    while pushes.len() < 3 {
+        pushes.extend(
+            recv(&mut ws)
+                .await
+                .into_iter()
+                .map(|m| m["push"]["pub"]["data"].clone()),
+        );
+    }
+    // Text becomes a JSON string, JSON passes through, private updates stay on the Mercure side.
+    assert_eq!(
+        pushes,
+        vec![
+            json!("plain text from Mercure"),
+            json!({"json": true}),
+            json!({"from": "api"})
+        ]
+    );
+    let got: Vec<String> = sse
+        .drain(Duration::from_millis(400))
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            "plain text from Mercure",
+            "{\"json\":true}",
+            "{\"from\":\"api\"}"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_websockets_with_3001() {
+    let mut hub = start(&[]);
+    let mut ws = connected(&hub, "s").await;
+    assert!(hub.stop());
+    assert_eq!(closed(&mut ws).await.0, 3001);
+}
