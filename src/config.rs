@@ -119,6 +119,8 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("centrifugo.channel.presence", Kind::Bool),
     ("centrifugo.channel.join_leave", Kind::Bool),
     ("centrifugo.channel.force_recovery", Kind::Bool),
+    ("centrifugo.channel.history_size", Kind::Int),
+    ("centrifugo.channel.history_ttl", Kind::Str),
 ];
 
 /// The environment variable of a key.
@@ -382,6 +384,10 @@ pub struct Namespace {
     pub join_leave: bool,
     /// Recover on resubscribe even if the client did not ask.
     pub force_recovery: bool,
+    /// Publications kept per channel (default `history.size`).
+    pub history_size: Option<usize>,
+    /// Age of kept publications (default `history.ttl`).
+    pub history_ttl: Option<String>,
 }
 
 /// Reads and merges the three sources; `overrides` are `key=value` pairs
@@ -478,8 +484,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Durable history on disk (else memory).
     pub disk_history: bool,
-    /// Retention per channel.
-    pub retention: crate::history::Retention,
+    /// Retention per channel (namespaces may override the default).
+    pub retention: crate::history::RetentionPolicy,
     /// Sweep interval.
     pub sweep_interval: Duration,
     /// Hub options.
@@ -522,10 +528,16 @@ pub struct CentrifugoSettings {
 }
 
 impl CentrifugoSettings {
-    /// The options of `channel`'s namespace, or None if it names an unknown one.
+    /// The options of `channel`'s namespace, or None if it names an unknown
+    /// one. A URL-shaped channel (a Mercure topic such as
+    /// `https://example.com/x`) whose scheme is not a namespace belongs to
+    /// the default namespace, so WebSocket clients can reach Mercure topics.
     pub fn namespace(&self, channel: &str) -> Option<&Namespace> {
         match channel.split_once(':') {
-            Some((ns, _)) => self.namespaces.get(ns),
+            Some((ns, _)) => self
+                .namespaces
+                .get(ns)
+                .or_else(|| channel.contains("://").then_some(&self.default_namespace)),
             None => Some(&self.default_namespace),
         }
     }
@@ -731,11 +743,7 @@ impl Config {
             log_json: self.log.format == "json",
             shutdown_grace: duration("shutdown_grace", &self.shutdown_grace)?,
             disk_history,
-            retention: crate::history::Retention {
-                size: positive("history.size", self.history.size)?,
-                ttl: duration("history.ttl", &self.history.ttl)?,
-                meta_ttl: duration("history.meta_ttl", &self.history.meta_ttl)?,
-            },
+            retention: self.retention_policy()?,
             sweep_interval: duration("history.sweep_interval", &self.history.sweep_interval)?
                 .max(Duration::from_millis(100)),
             hub: crate::hub::HubOptions {
@@ -778,6 +786,35 @@ impl Config {
 }
 
 impl Config {
+    fn retention_policy(&self) -> Result<crate::history::RetentionPolicy, ConfigError> {
+        let default = crate::history::Retention {
+            size: positive("history.size", self.history.size)?,
+            ttl: duration("history.ttl", &self.history.ttl)?,
+            meta_ttl: duration("history.meta_ttl", &self.history.meta_ttl)?,
+        };
+        let with = |ns: &Namespace, base: crate::history::Retention| -> Result<_, ConfigError> {
+            Ok(crate::history::Retention {
+                size: match ns.history_size {
+                    Some(n) => positive("centrifugo.namespaces.history_size", n)?,
+                    None => base.size,
+                },
+                ttl: match &ns.history_ttl {
+                    Some(t) => duration("centrifugo.namespaces.history_ttl", t)?,
+                    None => base.ttl,
+                },
+                ..base
+            })
+        };
+        let mut policy =
+            crate::history::RetentionPolicy::uniform(with(&self.centrifugo.channel, default)?);
+        for ns in &self.centrifugo.namespaces {
+            policy
+                .namespaces
+                .insert(ns.name.clone(), with(ns, default)?);
+        }
+        Ok(policy)
+    }
+
     fn validate_centrifugo(&self, listen: SocketAddr) -> Result<CentrifugoSettings, ConfigError> {
         let c = &self.centrifugo;
         let token_algorithm: Algorithm = c.token_algorithm.parse().map_err(|_| {

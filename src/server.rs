@@ -50,9 +50,12 @@ pub enum ServerError {
 /// Opens the configured history.
 pub fn open_history(settings: &Settings) -> Result<Arc<dyn History>, ServerError> {
     Ok(if settings.disk_history {
-        Arc::new(DiskHistory::open(&settings.data_dir, settings.retention)?)
+        Arc::new(DiskHistory::open(
+            &settings.data_dir,
+            settings.retention.clone(),
+        )?)
     } else {
-        Arc::new(MemoryHistory::new(settings.retention))
+        Arc::new(MemoryHistory::new(settings.retention.clone()))
     })
 }
 

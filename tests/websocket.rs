@@ -552,3 +552,80 @@ async fn shutdown_closes_websockets_with_3001() {
     assert!(hub.stop());
     assert_eq!(closed(&mut ws).await.0, 3001);
 }
+
+#[tokio::test]
+async fn namespaces_set_their_own_history_size_and_mercure_urls_are_reachable() {
+    let hub = Hub::start_with_file(
+        "[[centrifugo.namespaces]]\nname = \"short\"\nallow_history = true\nhistory_size = 2\n",
+        &[
+            ("centrifugo.token_key", SECRET),
+            ("centrifugo.api_key", API_KEY),
+            ("centrifugo.channel.allow_subscribe", "true"),
+        ],
+    );
+    for i in 1..=4 {
+        api(&hub, "publish", json!({"channel": "short:x", "data": i})).await;
+        api(&hub, "publish", json!({"channel": "long", "data": i})).await;
+    }
+    let (_, short) = api(&hub, "history", json!({"channel": "short:x", "limit": -1})).await;
+    let (_, long) = api(&hub, "history", json!({"channel": "long", "limit": -1})).await;
+    assert_eq!(short["result"]["publications"].as_array().unwrap().len(), 2);
+    assert_eq!(long["result"]["publications"].as_array().unwrap().len(), 4);
+    // A Mercure topic URL is a channel of the default namespace.
+    let mut ws = connected(&hub, "u").await;
+    send(
+        &mut ws,
+        &json!({"id": 2, "subscribe": {"channel": "https://example.com/books/1"}}).to_string(),
+    )
+    .await;
+    assert!(recv(&mut ws).await[0]["subscribe"].is_object());
+    send(
+        &mut ws,
+        &json!({"id": 3, "subscribe": {"channel": "unknown:x"}}).to_string(),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await[0]["error"]["code"], 102);
+}
+
+#[tokio::test]
+async fn connections_expire_unless_refreshed() {
+    let hub = start(&[]);
+    let connect =
+        |exp_in: i64| json!({"id": 1, "connect": {"token": conn_token("e", exp_in)}}).to_string();
+    let mut stale = dial(&hub, None).await.unwrap();
+    send(&mut stale, &connect(2)).await;
+    assert_eq!(
+        recv(&mut stale).await[0]["connect"]["ttl"]
+            .as_u64()
+            .map(|t| t <= 2),
+        Some(true)
+    );
+    let mut fresh = dial(&hub, None).await.unwrap();
+    send(&mut fresh, &connect(2)).await;
+    recv(&mut fresh).await;
+    send(
+        &mut fresh,
+        &json!({"id": 2, "refresh": {"token": conn_token("e", 3600)}}).to_string(),
+    )
+    .await;
+    let r = recv(&mut fresh).await;
+    assert_eq!(r[0]["refresh"]["expires"], true);
+    assert!(r[0]["refresh"]["ttl"].as_u64().unwrap() > 3000);
+    assert_eq!(
+        closed(&mut stale).await.0,
+        3005,
+        "the unrefreshed connection expired"
+    );
+    send(&mut fresh, &json!({"id": 3, "ping": {}}).to_string()).await;
+    assert!(
+        recv(&mut fresh).await[0]["ping"].is_object(),
+        "the refreshed connection is still open"
+    );
+    // A refresh for another user is an invalid token.
+    send(
+        &mut fresh,
+        &json!({"id": 4, "refresh": {"token": conn_token("someone-else", 3600)}}).to_string(),
+    )
+    .await;
+    assert_eq!(closed(&mut fresh).await.0, 3500);
+}

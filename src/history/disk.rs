@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{new_epoch, History, HistoryError, Retention, StreamPosition};
+use super::{new_epoch, History, HistoryError, RetentionPolicy, StreamPosition};
 use crate::hub::publication::now_ms;
 use crate::hub::{Draft, Publication};
 
@@ -42,12 +42,12 @@ fn store(e: impl std::fmt::Display) -> HistoryError {
 /// Durable history in a redb file.
 pub struct DiskHistory {
     db: Arc<Database>,
-    retention: Retention,
+    retention: Arc<RetentionPolicy>,
 }
 
 impl DiskHistory {
     /// Opens (or creates) `dir/history.redb`.
-    pub fn open(dir: &Path, retention: Retention) -> Result<Self, HistoryError> {
+    pub fn open(dir: &Path, retention: RetentionPolicy) -> Result<Self, HistoryError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             HistoryError::Store(format!(
                 "cannot create data directory {}: {e}",
@@ -66,17 +66,17 @@ impl DiskHistory {
         txn.commit().map_err(store)?;
         Ok(DiskHistory {
             db: Arc::new(db),
-            retention,
+            retention: Arc::new(retention),
         })
     }
 
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Database, Retention) -> Result<T, HistoryError> + Send + 'static,
+        f: impl FnOnce(&Database, &RetentionPolicy) -> Result<T, HistoryError> + Send + 'static,
     ) -> Result<T, HistoryError> {
         let db = self.db.clone();
-        let retention = self.retention;
-        tokio::task::spawn_blocking(move || f(&db, retention))
+        let retention = self.retention.clone();
+        tokio::task::spawn_blocking(move || f(&db, &retention))
             .await
             .map_err(store)?
     }
@@ -84,7 +84,7 @@ impl DiskHistory {
 
 fn append(
     db: &Database,
-    retention: Retention,
+    retention: &RetentionPolicy,
     drafts: Vec<Draft>,
 ) -> Result<Vec<Arc<Publication>>, HistoryError> {
     let now = now_ms();
@@ -126,8 +126,9 @@ fn append(
                 .map_err(store)?;
             // Trim the channel to its size: offsets are contiguous, so
             // everything at or below `top - size` goes.
-            if m.top > retention.size as u64 {
-                let cut = m.top - retention.size as u64;
+            let size = retention.for_channel(p.channel()).size as u64;
+            if m.top > size {
+                let cut = m.top - size;
                 let old: Vec<(u64, u64)> = chan
                     .range((p.channel(), 0)..=(p.channel(), cut))
                     .map_err(store)?
@@ -332,8 +333,6 @@ impl History for DiskHistory {
     async fn sweep(&self) -> Result<usize, HistoryError> {
         self.blocking(|db, retention| {
             let now = now_ms();
-            let ttl = retention.ttl.as_millis() as u64;
-            let meta_ttl = retention.meta_ttl.as_millis() as u64;
             let txn = db.begin_write().map_err(store)?;
             let mut removed = 0;
             {
@@ -351,6 +350,8 @@ impl History for DiskHistory {
                     })
                     .collect();
                 for (name, touched_ms) in channels {
+                    let r = retention.for_channel(&name);
+                    let (ttl, meta_ttl) = (r.ttl.as_millis() as u64, r.meta_ttl.as_millis() as u64);
                     let range = (name.as_str(), 0)..=(name.as_str(), u64::MAX);
                     let mut expired = Vec::new();
                     let mut remaining = false;

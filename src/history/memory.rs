@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{new_epoch, History, HistoryError, Retention, StreamPosition};
+use super::{new_epoch, History, HistoryError, RetentionPolicy, StreamPosition};
 use crate::hub::publication::now_ms;
 use crate::hub::{Draft, Publication};
 
@@ -36,13 +36,13 @@ impl Inner {
 
 /// Rings in memory: fast, bounded, and gone at restart.
 pub struct MemoryHistory {
-    retention: Retention,
+    retention: RetentionPolicy,
     inner: Mutex<Inner>,
 }
 
 impl MemoryHistory {
     /// An empty history.
-    pub fn new(retention: Retention) -> Self {
+    pub fn new(retention: RetentionPolicy) -> Self {
         MemoryHistory {
             retention,
             inner: Mutex::new(Inner::default()),
@@ -72,7 +72,7 @@ impl History for MemoryHistory {
             ch.touched_ms = now;
             let p = Arc::new(Publication::new(draft, seq, ch.top, ch.epoch.clone(), now));
             ch.ring.push_back(p.clone());
-            let trimmed = if ch.ring.len() > self.retention.size {
+            let trimmed = if ch.ring.len() > self.retention.for_channel(&p.draft.channel).size {
                 ch.ring.pop_front()
             } else {
                 None
@@ -180,11 +180,11 @@ impl History for MemoryHistory {
 
     async fn sweep(&self) -> Result<usize, HistoryError> {
         let now = now_ms();
-        let ttl = self.retention.ttl.as_millis() as u64;
-        let meta_ttl = self.retention.meta_ttl.as_millis() as u64;
         let mut inner = self.inner.lock();
         let mut expired = Vec::new();
-        inner.channels.retain(|_, ch| {
+        inner.channels.retain(|name, ch| {
+            let r = self.retention.for_channel(name);
+            let (ttl, meta_ttl) = (r.ttl.as_millis() as u64, r.meta_ttl.as_millis() as u64);
             while ch
                 .ring
                 .front()

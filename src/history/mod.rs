@@ -53,6 +53,35 @@ impl Default for Retention {
     }
 }
 
+/// Retention per channel: the default, overridden by namespace (`name:`
+/// prefix) where the configuration says so.
+#[derive(Debug, Clone, Default)]
+pub struct RetentionPolicy {
+    /// Retention of channels without an overriding namespace.
+    pub default: Retention,
+    /// Retention by namespace name.
+    pub namespaces: std::collections::HashMap<String, Retention>,
+}
+
+impl RetentionPolicy {
+    /// One retention for every channel.
+    pub fn uniform(retention: Retention) -> Self {
+        RetentionPolicy {
+            default: retention,
+            namespaces: Default::default(),
+        }
+    }
+
+    /// The retention of `channel`.
+    pub fn for_channel(&self, channel: &str) -> Retention {
+        channel
+            .split_once(':')
+            .and_then(|(ns, _)| self.namespaces.get(ns))
+            .copied()
+            .unwrap_or(self.default)
+    }
+}
+
 /// A channel's current position: its epoch and the last offset assigned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamPosition {

@@ -24,8 +24,16 @@ pub struct Hub {
 impl Hub {
     /// Starts a hub with the test key and `extra` `--set` pairs.
     pub fn start(extra: &[(&str, &str)]) -> Hub {
+        Hub::start_with_file("", extra)
+    }
+
+    /// Starts a hub with a configuration file holding `toml`, then `extra`.
+    pub fn start_with_file(toml: &str, extra: &[(&str, &str)]) -> Hub {
         let data_dir = tempfile::tempdir().unwrap();
+        let file = data_dir.path().join("tidings.toml");
+        std::fs::write(&file, toml).unwrap();
         let mut args = vec![
+            format!("@{}", file.display()),
             format!("mercure.key={KEY}"),
             format!("mercure.issuer={ISSUER}"),
             "mercure.heartbeat=30s".into(),
@@ -53,7 +61,10 @@ impl Hub {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for a in &self.args {
-            cmd.arg("--set").arg(a);
+            match a.strip_prefix('@') {
+                Some(file) => cmd.arg("--config").arg(file),
+                None => cmd.arg("--set").arg(a),
+            };
         }
         let mut child = cmd.spawn().expect("spawn tidings");
         let stdout = child.stdout.take().unwrap();
