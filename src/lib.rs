@@ -6,21 +6,25 @@
 //!
 //! ```text
 //! POST /.well-known/mercure            api::mercure::publish
+//!  (or POST /api/publish, WS publish)  api::centrifugo, centrifugo::session
 //!   → decode + validate the form       protocol::mercure::{form, request}
 //!   → verify the token, check rights   auth::{jwt, grants}
 //!   → append to history (positions)    hub::Hub::publish → history::History::append
 //!   → fan out to matching subscribers  hub (index, bounded queues, slow consumers)
 //!   → encode once per wire format      hub::Publication::sse → protocol::mercure::sse
-//!   → write to each connection         transport::sse::EventStream
+//!     and per Centrifugo encoding      hub::Publication::centrifuge_push
+//!   → write to each connection         transport::sse::EventStream, transport::websocket
 //! ```
 //!
 //! - [`protocol`]: pure codecs (no I/O): where bytes become requests and
 //!   publications become bytes.
-//! - [`transport`]: response bodies and sockets.
+//! - [`transport`]: the SSE response body and the WebSocket connection loop.
+//! - [`centrifugo`]: Centrifugo client sessions (commands in, replies and
+//!   pushes out) and the node registry the server API reaches them through.
 //! - [`hub`]: channels, fan-out, the publish pipeline.
 //! - [`history`]: the `History` trait, memory and disk (redb) stores.
 //! - [`auth`]: JWT verification and Mercure grants.
-//! - [`api`]: the HTTP endpoints.
+//! - [`api`]: the HTTP endpoints (Mercure, Centrifugo server API).
 //! - [`config`]: file + env + flags, validated once.
 //! - [`server`]: routing, start and graceful shutdown.
 //! - [`cli`]: the `publish`, `subscribe` and `token` subcommands.
