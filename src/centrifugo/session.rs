@@ -606,46 +606,34 @@ impl Session {
                 sub.skip_upto = p.offset;
                 proto::append_encoded(self.encoding, p.centrifuge_push(self.encoding), out);
             }
-            Delivery::Join(channel, info) | Delivery::Leave(channel, info)
-                if !self.subs.contains_key(&*channel) =>
-            {
-                let _ = (channel, info);
-            }
-            Delivery::Join(channel, info) => {
-                let push = proto::Push {
-                    channel: channel.to_string(),
-                    join: Some(proto::Join {
-                        info: Some(client_info(&info)),
-                    }),
-                    ..Default::default()
-                };
-                encode_into(
-                    self.encoding,
-                    &Reply {
-                        push: Some(push),
-                        ..Default::default()
-                    },
-                    out,
-                );
-            }
-            Delivery::Leave(channel, info) => {
-                let push = proto::Push {
-                    channel: channel.to_string(),
-                    leave: Some(proto::Leave {
-                        info: Some(client_info(&info)),
-                    }),
-                    ..Default::default()
-                };
-                encode_into(
-                    self.encoding,
-                    &Reply {
-                        push: Some(push),
-                        ..Default::default()
-                    },
-                    out,
-                );
-            }
+            Delivery::Join(channel, info) => self.push_presence(&channel, &info, true, out),
+            Delivery::Leave(channel, info) => self.push_presence(&channel, &info, false, out),
         }
+    }
+
+    fn push_presence(&self, channel: &str, info: &ClientInfo, joined: bool, out: &mut BytesMut) {
+        if !self.subs.contains_key(channel) {
+            return;
+        }
+        let info = Some(client_info(info));
+        let mut push = proto::Push {
+            channel: channel.to_owned(),
+            ..Default::default()
+        };
+        if joined {
+            push.join = Some(proto::Join { info });
+        } else {
+            push.leave = Some(proto::Leave { info });
+        }
+        self.write_push(push, out);
+    }
+
+    fn write_push(&self, push: proto::Push, out: &mut BytesMut) {
+        let reply = Reply {
+            push: Some(push),
+            ..Default::default()
+        };
+        encode_into(self.encoding, &reply, out);
     }
 
     /// Applies a server control.
@@ -666,14 +654,7 @@ impl Session {
                         }),
                         ..Default::default()
                     };
-                    encode_into(
-                        self.encoding,
-                        &Reply {
-                            push: Some(push),
-                            ..Default::default()
-                        },
-                        out,
-                    );
+                    self.write_push(push, out);
                 }
                 Ok(())
             }
@@ -694,14 +675,7 @@ impl Session {
                         }),
                         ..Default::default()
                     };
-                    encode_into(
-                        self.encoding,
-                        &Reply {
-                            push: Some(push),
-                            ..Default::default()
-                        },
-                        out,
-                    );
+                    self.write_push(push, out);
                 }
                 Ok(())
             }

@@ -51,15 +51,6 @@ pub trait Filter: Send + Sync {
     fn admits(&self, publication: &Publication) -> bool;
 }
 
-/// A filter that admits everything.
-pub struct AdmitAll;
-
-impl Filter for AdmitAll {
-    fn admits(&self, _: &Publication) -> bool {
-        true
-    }
-}
-
 /// Tunables of the hub core.
 #[derive(Debug, Clone)]
 pub struct HubOptions {
@@ -426,12 +417,6 @@ impl Hub {
     pub fn announce_leave(&self, channel: &str, info: Arc<ClientInfo>) {
         self.fanout
             .deliver_event(channel, Delivery::Leave(channel.into(), info));
-    }
-
-    /// Closes a connection on behalf of the server (shutdown, API
-    /// disconnect): its subscriptions leave the index and `closed` fires.
-    pub fn close(&self, sink: &Arc<Sink>, reason: &'static str) {
-        self.fanout.close_sink(sink, reason);
     }
 
     /// Disconnects every subscriber (they see `reason`).

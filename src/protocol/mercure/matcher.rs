@@ -120,11 +120,6 @@ impl TopicMatcher {
         &self.raw
     }
 
-    /// True for `*`, which matches every topic.
-    pub fn is_wildcard(&self) -> bool {
-        matches!(self.compiled, Compiled::Wildcard)
-    }
-
     /// The topic this matcher selects when it is a plain byte comparison:
     /// such matchers are found through the hub's exact-topic index instead
     /// of being evaluated against every update.
@@ -210,7 +205,7 @@ mod tests {
     #[test]
     fn wildcard_and_legacy_templates() {
         let all = TopicMatcher::new(MatcherType::Exact, "*", &base()).unwrap();
-        assert!(all.is_wildcard() && all.matches("anything"));
+        assert!(all.matches("anything") && all.exact_topic().is_none());
         let t = TopicMatcher::new(MatcherType::Legacy, "https://e.com/b/{id}", &base()).unwrap();
         assert!(t.matches("https://e.com/b/9") && !t.matches("https://e.com/c/9"));
         assert!(TopicMatcher::new(MatcherType::Legacy, "https://e.com/{id", &base()).is_err());
