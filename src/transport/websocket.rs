@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -112,7 +112,7 @@ async fn run(mut socket: WebSocket, state: Arc<WsState>, encoding: Encoding) {
                 Some(Ok(_)) => Ok(()), // WebSocket ping/pong frames
                 Some(Err(e)) => {
                     tracing::debug!(client = session.client(), error = %e, "websocket read error");
-                    let (code, reason) = classify(&e);
+                    let (code, reason) = classify(e);
                     let _ = socket.send(close_message(code, reason)).await;
                     return;
                 }
@@ -148,9 +148,14 @@ async fn run(mut socket: WebSocket, state: Arc<WsState>, encoding: Encoding) {
             pong_deadline = None;
         }
         if !out.is_empty() {
+            let frame = out.freeze();
             let msg = match encoding {
-                Encoding::Json => Message::Text(String::from_utf8_lossy(&out).into_owned().into()),
-                Encoding::Protobuf => Message::Binary(out.freeze()),
+                // Frames we encode are UTF-8 (no copy); the lossy path only satisfies the type.
+                Encoding::Json => Message::Text(
+                    Utf8Bytes::try_from(frame.clone())
+                        .unwrap_or_else(|_| String::from_utf8_lossy(&frame).into_owned().into()),
+                ),
+                Encoding::Protobuf => Message::Binary(frame),
             };
             if socket.send(msg).await.is_err() {
                 return;
@@ -177,14 +182,12 @@ fn close_message(code: u16, reason: &str) -> Message {
 }
 
 /// Maps a read error to a WebSocket close code.
-fn classify(e: &axum::Error) -> (u16, &'static str) {
-    let text = e.to_string();
-    if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
-        (1009, "message too big")
-    } else if text.contains("UTF-8") || text.contains("utf-8") {
-        (1007, "invalid UTF-8")
-    } else {
-        (1002, "protocol error")
+fn classify(e: axum::Error) -> (u16, &'static str) {
+    use tungstenite::error::{CapacityError, Error};
+    match e.into_inner().downcast::<Error>().map(|b| *b) {
+        Ok(Error::Capacity(CapacityError::MessageTooLong { .. })) => (1009, "message too big"),
+        Ok(Error::Utf8(_)) => (1007, "invalid UTF-8"),
+        _ => (1002, "protocol error"),
     }
 }
 

@@ -5,8 +5,6 @@
 // on the same channel sees the same publications in the same order.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { writeFileSync } from "node:fs";
-import { join } from "node:path";
 import WebSocket from "ws";
 import { Centrifuge } from "centrifuge";
 import { EventSource } from "eventsource";
@@ -21,21 +19,7 @@ async function startHub() {
     TIDINGS_CENTRIFUGO_API_KEY: API_KEY,
     TIDINGS_CENTRIFUGO_PING_INTERVAL: "2s",
   });
-  const config = join(hub.dataDir, "tidings.toml");
-  writeFileSync(
-    config,
-    `[[centrifugo.namespaces]]
-name = "chat"
-allow_subscribe = true
-allow_publish = true
-allow_presence = true
-allow_history = true
-presence = true
-join_leave = true
-force_recovery = true
-`,
-  );
-  hub.args = ["--config", config];
+  hub.args = ["--config", new URL("./tidings.toml", import.meta.url).pathname];
   await hub.start();
   return hub;
 }

@@ -34,17 +34,7 @@ from centrifuge import Client, ClientEventHandler, SubscriptionEventHandler
 BIN = os.environ.get("TIDINGS_BIN", str(Path(__file__).parents[2] / "target/debug/tidings"))
 SECRET = "python-clients-test-secret"
 API_KEY = "python-clients-test-api-key"
-CONFIG = """
-[[centrifugo.namespaces]]
-name = "chat"
-allow_subscribe = true
-allow_publish = true
-allow_presence = true
-allow_history = true
-presence = true
-join_leave = true
-force_recovery = true
-"""
+CONFIG = Path(__file__).parent / "tidings.toml"
 
 
 def free_port():
@@ -57,8 +47,6 @@ class Hub:
     def __init__(self):
         self.dir = tempfile.TemporaryDirectory()
         self.port = free_port()
-        config = Path(self.dir.name) / "tidings.toml"
-        config.write_text(CONFIG)
         env = dict(
             os.environ,
             TIDINGS_LISTEN=f"127.0.0.1:{self.port}",
@@ -67,7 +55,7 @@ class Hub:
             TIDINGS_CENTRIFUGO_TOKEN_KEY=SECRET,
             TIDINGS_CENTRIFUGO_API_KEY=API_KEY,
         )
-        self.proc = subprocess.Popen([BIN, "serve", "--config", str(config)], env=env, stdout=subprocess.PIPE)
+        self.proc = subprocess.Popen([BIN, "serve", "--config", str(CONFIG)], env=env, stdout=subprocess.PIPE)
         line = self.proc.stdout.readline().decode()
         assert "listening" in line, line
 
