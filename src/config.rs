@@ -111,6 +111,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("centrifugo.handshake_timeout", Kind::Str),
     ("centrifugo.channel_limit", Kind::Int),
     ("centrifugo.max_frame", Kind::Int),
+    ("centrifugo.transports", Kind::List),
     ("centrifugo.channel.allow_subscribe", Kind::Bool),
     ("centrifugo.channel.allow_publish", Kind::Bool),
     ("centrifugo.channel.allow_presence", Kind::Bool),
@@ -336,6 +337,9 @@ pub struct CentrifugoConfig {
     pub channel_limit: usize,
     /// Largest inbound frame, in bytes.
     pub max_frame: usize,
+    /// Enabled connection transports (`websocket`, `http_stream`, `sse`,
+    /// `uni_websocket`, `uni_http_stream`, `uni_sse`).
+    pub transports: Vec<String>,
     /// Options of channels without a namespace.
     pub channel: Namespace,
     /// Namespaces: `name:` channel prefixes with their own options.
@@ -356,6 +360,10 @@ impl Default for CentrifugoConfig {
             handshake_timeout: "10s".into(),
             channel_limit: 128,
             max_frame: 65536,
+            transports: crate::centrifugo::Transport::ALL
+                .iter()
+                .map(|t| t.name().to_owned())
+                .collect(),
             channel: Namespace::default(),
             namespaces: Vec::new(),
         }
@@ -521,6 +529,8 @@ pub struct CentrifugoSettings {
     pub channel_limit: usize,
     /// Inbound frame limit.
     pub max_frame: usize,
+    /// Enabled transports.
+    pub transports: Vec<crate::centrifugo::Transport>,
     /// Default namespace options.
     pub default_namespace: Namespace,
     /// Named namespaces.
@@ -861,6 +871,18 @@ impl Config {
                 ));
             }
         }
+        let transports = c
+            .transports
+            .iter()
+            .map(|name| {
+                crate::centrifugo::Transport::from_name(name).ok_or_else(|| {
+                    invalid(
+                        "centrifugo.transports",
+                        format!("{name:?} is not a transport (websocket, http_stream, sse, uni_websocket, uni_http_stream, uni_sse)"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut namespaces = std::collections::HashMap::new();
         for ns in &c.namespaces {
             let ok = !ns.name.is_empty()
@@ -897,6 +919,7 @@ impl Config {
             handshake_timeout: duration("centrifugo.handshake_timeout", &c.handshake_timeout)?,
             channel_limit: positive("centrifugo.channel_limit", c.channel_limit)?,
             max_frame: positive("centrifugo.max_frame", c.max_frame)?,
+            transports,
             default_namespace: c.channel.clone(),
             namespaces,
         })

@@ -18,15 +18,19 @@
 //!
 //! - [`protocol`]: pure codecs (no I/O): where bytes become requests and
 //!   publications become bytes.
-//! - [`transport`]: the SSE response body and the WebSocket connection loop.
+//! - [`transport`]: the Mercure SSE response body; the Centrifugo
+//!   transports (WebSocket, HTTP streaming, SSE, their unidirectional forms,
+//!   and `/emulation` for the commands of emulated connections).
 //! - [`centrifugo`]: Centrifugo client sessions (commands in, replies and
-//!   pushes out) and the node registry the server API reaches them through.
+//!   pushes out), the connection loop shared by every transport, and the
+//!   node registry the server API reaches them through.
 //! - [`hub`]: channels, fan-out, the publish pipeline.
 //! - [`history`]: the `History` trait, memory and disk (redb) stores.
 //! - [`auth`]: JWT verification and Mercure grants.
 //! - [`api`]: the HTTP endpoints (Mercure, Centrifugo server API).
 //! - [`config`]: file + env + flags, validated once.
-//! - [`server`]: routing, start and graceful shutdown.
+//! - [`server`]: routing, start and graceful shutdown, `/readyz`.
+//! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`cli`]: the `publish`, `subscribe` and `token` subcommands.
 
 pub mod api;
@@ -36,6 +40,7 @@ pub mod cli;
 pub mod config;
 pub mod history;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod transport;

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
+use axum::middleware;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -23,7 +24,7 @@ use crate::centrifugo::Node;
 use crate::config::Settings;
 use crate::history::{disk::DiskHistory, memory::MemoryHistory, History};
 use crate::hub::Hub;
-use crate::transport::websocket::{self, WsState};
+use crate::transport::{emulation, http_stream, websocket, CentrifugoState};
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -60,20 +61,12 @@ pub fn open_history(settings: &Settings) -> Result<Arc<dyn History>, ServerError
 }
 
 /// Builds the router for a hub: the Mercure endpoints, the Centrifugo
-/// WebSocket endpoint and server API, health and the index page.
-pub fn router(mercure: Arc<MercureState>, ws: Arc<WsState>, cors_origins: &[String]) -> Router {
-    let centrifugo = Router::new()
-        .route("/api/{method}", post(crate::api::centrifugo::handle))
-        .with_state(ws.node.clone())
-        .merge(
-            Router::new()
-                .route("/connection/websocket", get(websocket::upgrade))
-                .with_state(ws),
-        );
+/// connection endpoints and server API, health, readiness, metrics and the
+/// index page.
+pub fn router(mercure: Arc<MercureState>, centrifugo: Arc<CentrifugoState>) -> Router {
     let hub_path = mercure.hub_path().to_owned();
-    let router = Router::new()
-        .route("/", get(index))
-        .route("/healthz", get(|| async { "ok\n" }))
+    let mercure_cors = cors(&mercure.settings().cors_origins);
+    let mercure = Router::new()
         .route(&hub_path, any(mercure_entry))
         .route(
             &format!("{hub_path}/subscriptions"),
@@ -84,12 +77,77 @@ pub fn router(mercure: Arc<MercureState>, ws: Arc<WsState>, cors_origins: &[Stri
             get(mercure::subscriptions),
         )
         .route(&mercure.metadata_path(), get(mercure::metadata))
-        .with_state(mercure)
-        .merge(centrifugo);
-    match cors(cors_origins) {
+        .with_state(mercure);
+    let node = centrifugo.node.clone();
+    let connections = Router::new()
+        .route("/connection/websocket", get(websocket::bidirectional))
+        .route("/connection/uni_websocket", get(websocket::unidirectional))
+        .route("/connection/http_stream", post(http_stream::http_stream))
+        .route(
+            "/connection/sse",
+            get(http_stream::sse).post(http_stream::sse),
+        )
+        .route(
+            "/connection/uni_http_stream",
+            post(http_stream::uni_http_stream),
+        )
+        .route(
+            "/connection/uni_sse",
+            get(http_stream::uni_sse).post(http_stream::uni_sse),
+        )
+        .route("/emulation", post(emulation::handle))
+        .with_state(centrifugo.clone());
+    let api = Router::new()
+        .route("/api/{method}", post(crate::api::centrifugo::handle))
+        .with_state(node.clone());
+    let operations = Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(centrifugo);
+    with_layer(mercure, mercure_cors)
+        .merge(with_layer(connections, cors(&node.settings.allowed_origins)))
+        .merge(api)
+        .merge(operations)
+        .layer(middleware::from_fn(crate::metrics::track_http))
+}
+
+fn with_layer(router: Router, layer: Option<CorsLayer>) -> Router {
+    match layer {
         Some(layer) => router.layer(layer),
         None => router,
     }
+}
+
+/// `GET /readyz`: 200 when the store answers and the hub is not draining.
+async fn readyz(State(state): State<Arc<CentrifugoState>>) -> Response {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down\n").into_response();
+    }
+    let probe = state.node.hub.history().last();
+    match tokio::time::timeout(std::time::Duration::from_secs(2), probe).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("history store unavailable: {e}\n"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "history store did not answer within 2 s\n",
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<Arc<CentrifugoState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        crate::metrics::render(&state.node.hub, &state.node),
+    )
+        .into_response()
 }
 
 fn cors(origins: &[String]) -> Option<CorsLayer> {
@@ -161,11 +219,12 @@ pub async fn serve(
     let mercure = MercureState::new(hub.clone(), settings.mercure.clone(), shutdown.clone())
         .map_err(ServerError::Setup)?;
     let node = Node::new(hub.clone(), settings.centrifugo.clone()).map_err(ServerError::Setup)?;
-    let ws = Arc::new(WsState {
+    let centrifugo = Arc::new(CentrifugoState {
         node,
         shutdown: shutdown.clone(),
     });
-    let app = router(mercure, ws, &settings.mercure.cors_origins);
+    crate::metrics::install();
+    let app = router(mercure, centrifugo).into_make_service_with_connect_info::<SocketAddr>();
     on_bound(addr);
     tracing::info!(%addr, hub = %settings.mercure.hub_url, disk = settings.disk_history, "listening");
 

@@ -62,6 +62,7 @@ pub async fn handle(
         } else {
             "invalid API key\n"
         };
+        crate::metrics::auth_failure("api", "invalid api key");
         return (StatusCode::UNAUTHORIZED, msg).into_response();
     }
     let params: Value = if body.is_empty() {
@@ -248,7 +249,14 @@ async fn publish_one(
     Ok(json!({ "offset": p.offset, "epoch": &*p.epoch }))
 }
 
+/// Runs one API command and counts its outcome.
 async fn call(node: &Node, method: &str, params: Value) -> ApiResult {
+    let result = run_method(node, method, params).await;
+    crate::metrics::api_command(method, if result.is_ok() { "ok" } else { "error" });
+    result
+}
+
+async fn run_method(node: &Node, method: &str, params: Value) -> ApiResult {
     match method {
         "publish" => {
             let p: PublishParams = parse(params)?;

@@ -75,6 +75,11 @@ impl MercureState {
         }))
     }
 
+    /// The validated Mercure settings.
+    pub fn settings(&self) -> &MercureSettings {
+        &self.settings
+    }
+
     /// The hub URL's path (`/.well-known/mercure` by default).
     pub fn hub_path(&self) -> &str {
         self.settings.hub_url.path()
@@ -139,6 +144,17 @@ impl MercureError {
             c.push_str(&format!(" resource_metadata=\"{}\"", state.metadata_url()));
             HeaderValue::from_str(&c).unwrap_or(HeaderValue::from_static("Bearer"))
         };
+        if let MercureError::Auth(e) = &self {
+            crate::metrics::auth_failure(
+                "mercure",
+                match e {
+                    AuthError::Missing => "missing token",
+                    AuthError::InvalidToken(_) => "invalid token",
+                    AuthError::InvalidRequest(_) => "invalid request",
+                    AuthError::InsufficientScope => "insufficient scope",
+                },
+            );
+        }
         let (status, error, message) = match self {
             MercureError::Auth(AuthError::Missing) => (
                 StatusCode::UNAUTHORIZED,

@@ -2,12 +2,15 @@
 //! tracks them.
 //!
 //! - [`session::Session`]: one client connection — commands in, replies
-//!   and pushes out — independent of the transport that carries the frames
-//!   (WebSocket now; HTTP streaming and SSE emulation later).
+//!   and pushes out — independent of the transport that carries the frames.
+//! - [`connection`]: the loop that drives a session over any [`Transport`]
+//!   (WebSocket, HTTP streaming, SSE, and their unidirectional forms).
 //! - [`Node`]: what sessions and the server API share: the hub, the
-//!   settings, the token key, and the registry of live connections (by
-//!   client id and by user) through which the API reaches them.
+//!   settings, the token key, the registry of live connections (by client
+//!   id and by user) through which the API reaches them, and the inboxes of
+//!   emulated connections (whose commands arrive by `POST /emulation`).
 
+pub mod connection;
 pub mod session;
 
 use std::collections::{HashMap, HashSet};
@@ -20,6 +23,116 @@ use tokio::sync::mpsc;
 use crate::auth::jwt::TrustedKey;
 use crate::config::CentrifugoSettings;
 use crate::hub::Hub;
+use crate::protocol::centrifuge::outbox::Framing;
+
+/// The transports a Centrifugo client connects over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Bidirectional WebSocket (`/connection/websocket`).
+    WebSocket,
+    /// HTTP streaming with bidirectional emulation (`/connection/http_stream`).
+    HttpStream,
+    /// SSE with bidirectional emulation (`/connection/sse`).
+    Sse,
+    /// Pushes only, over WebSocket (`/connection/uni_websocket`).
+    UniWebSocket,
+    /// Pushes only, over HTTP streaming (`/connection/uni_http_stream`).
+    UniHttpStream,
+    /// Pushes only, over SSE (`/connection/uni_sse`).
+    UniSse,
+}
+
+impl Transport {
+    /// Every transport.
+    pub const ALL: [Transport; 6] = [
+        Transport::WebSocket,
+        Transport::HttpStream,
+        Transport::Sse,
+        Transport::UniWebSocket,
+        Transport::UniHttpStream,
+        Transport::UniSse,
+    ];
+
+    /// The name Centrifugo gives it (also its endpoint and config name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::HttpStream => "http_stream",
+            Transport::Sse => "sse",
+            Transport::UniWebSocket => "uni_websocket",
+            Transport::UniHttpStream => "uni_http_stream",
+            Transport::UniSse => "uni_sse",
+        }
+    }
+
+    /// The transport of that name.
+    pub fn from_name(name: &str) -> Option<Transport> {
+        Transport::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// Pushes only: the client sends one connect request, then nothing.
+    pub fn unidirectional(self) -> bool {
+        matches!(
+            self,
+            Transport::UniWebSocket | Transport::UniHttpStream | Transport::UniSse
+        )
+    }
+
+    /// Bidirectional over a one-way stream: commands come by `POST /emulation`.
+    pub fn emulation(self) -> bool {
+        matches!(self, Transport::HttpStream | Transport::Sse)
+    }
+
+    /// How its messages are framed.
+    pub fn framing(self) -> Framing {
+        match self {
+            Transport::WebSocket | Transport::UniWebSocket => Framing::Frame,
+            Transport::HttpStream | Transport::UniHttpStream => Framing::Stream,
+            Transport::Sse | Transport::UniSse => Framing::EventStream,
+        }
+    }
+
+    /// WebSocket says why it closes in its close frame; the others with a
+    /// disconnect push before the stream ends.
+    pub fn disconnect_in_band(self) -> bool {
+        !matches!(self, Transport::WebSocket | Transport::UniWebSocket)
+    }
+}
+
+/// Most command frames waiting for an emulated connection.
+const EMULATION_INBOX: usize = 64;
+
+/// What became of commands posted to `/emulation`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Emulated {
+    /// Queued for the connection.
+    Queued,
+    /// No such session on this node (it ended, or never was).
+    NoSession,
+    /// The connection has too many commands waiting.
+    Busy,
+}
+
+/// The commands of one emulated connection; leaves the node when dropped.
+pub struct EmulationInbox {
+    node: Arc<Node>,
+    session: String,
+    /// Command frames, in the order they were posted.
+    pub frames: mpsc::Receiver<bytes::Bytes>,
+}
+
+impl EmulationInbox {
+    /// The session id the client quotes in its emulation requests.
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+}
+
+impl Drop for EmulationInbox {
+    fn drop(&mut self) {
+        self.node.emulated.lock().remove(&self.session);
+    }
+}
 
 /// Something the server asks a live connection to do.
 #[derive(Debug, Clone)]
@@ -55,6 +168,7 @@ pub struct Node {
     pub name: String,
     clients: Mutex<HashMap<String, Registered>>,
     users: Mutex<HashMap<String, HashSet<String>>>,
+    emulated: Mutex<HashMap<String, mpsc::Sender<bytes::Bytes>>>,
 }
 
 impl Node {
@@ -72,7 +186,42 @@ impl Node {
             ),
             clients: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
+            emulated: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Whether clients may connect over `transport`.
+    pub fn transport_enabled(&self, transport: Transport) -> bool {
+        self.settings.transports.contains(&transport)
+    }
+
+    /// Whether `/emulation` is open (an emulated transport is enabled).
+    pub fn emulation_enabled(&self) -> bool {
+        self.settings.transports.iter().any(|t| t.emulation())
+    }
+
+    /// Opens the inbox of a new emulated connection, under a fresh session id.
+    pub fn open_emulation(self: &Arc<Self>) -> EmulationInbox {
+        let session = uuid::Uuid::new_v4().to_string();
+        let (tx, frames) = mpsc::channel(EMULATION_INBOX);
+        self.emulated.lock().insert(session.clone(), tx);
+        EmulationInbox {
+            node: self.clone(),
+            session,
+            frames,
+        }
+    }
+
+    /// Hands a command frame to the emulated connection `session`.
+    pub fn emulate(&self, session: &str, frame: bytes::Bytes) -> Emulated {
+        let Some(tx) = self.emulated.lock().get(session).cloned() else {
+            return Emulated::NoSession;
+        };
+        match tx.try_send(frame) {
+            Ok(()) => Emulated::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => Emulated::Busy,
+            Err(mpsc::error::TrySendError::Closed(_)) => Emulated::NoSession,
+        }
     }
 
     fn register(&self, client: &str, user: &str, control: mpsc::UnboundedSender<Control>) {

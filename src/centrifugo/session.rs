@@ -3,22 +3,30 @@
 //! The transport feeds it frames ([`Session::handle_frame`]), hub
 //! deliveries ([`Session::push`]) and server controls
 //! ([`Session::control`]); each call appends what must be written to the
-//! output frame. A `Err(code)` means: close the connection with that
+//! [`Outbox`]. A `Err(code)` means: close the connection with that
 //! disconnect code.
+//!
+//! On a unidirectional transport the client sends one connect request (not
+//! a command) and then only listens: replies become pushes (`connect`,
+//! `disconnect`) and pushes are written unwrapped. On `uni_sse` every
+//! publication event carries an id with the connection's positions, so a
+//! plain `EventSource` resumes where it was (see `protocol::centrifuge::resume`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{Control, Node};
+use super::{Control, Node, Transport};
 use crate::auth::centrifugo::{self as tokens, TokenError};
 use crate::config::Namespace;
 use crate::hub::publication::client_info;
 use crate::hub::{ClientInfo, Delivery, Draft, Filter, Publication, Sink, SubscriptionHandle};
+use crate::protocol::centrifuge::outbox::Outbox;
+use crate::protocol::centrifuge::resume::{self, ChannelPosition};
 use crate::protocol::centrifuge::{
-    self as proto, disconnect, encode_into, error_reply, errors, Encoding, Reply,
+    self as proto, disconnect, error_reply, errors, push_of_json_reply, Encoding, Reply,
 };
 use crate::protocol::mercure::matcher::{MatcherType, TopicMatcher};
 
@@ -50,6 +58,7 @@ struct ChannelSub {
     /// Live publications at or below this offset were sent in the
     /// subscribe reply (or precede the client's position).
     skip_upto: u64,
+    epoch: String,
     info: Arc<ClientInfo>,
     presence: bool,
     join_leave: bool,
@@ -64,11 +73,18 @@ struct Connected {
 /// One client connection.
 pub struct Session {
     node: Arc<Node>,
+    transport: Transport,
     encoding: Encoding,
     sink: Arc<Sink>,
     client: String,
+    /// Emulated and unidirectional connections' session id (else empty).
+    session_id: String,
     connected: Option<Connected>,
     subs: HashMap<String, ChannelSub>,
+    /// Positions a `uni_sse` client resumes from (its `Last-Event-ID`).
+    resume_from: Vec<ChannelPosition>,
+    /// Recovered publications a `uni_sse` connect sends as events of their own.
+    replay: Vec<Arc<Publication>>,
     control_tx: mpsc::UnboundedSender<Control>,
     /// Set when a pong (an empty command) arrives.
     pub got_pong: bool,
@@ -79,25 +95,43 @@ fn now_secs() -> u64 {
 }
 
 impl Session {
-    /// A new, not yet connected session writing to `sink`; controls for it
-    /// arrive on the returned receiver once it is connected.
+    /// A new, not yet connected session over `transport`, writing to
+    /// `sink`; `session_id` is the id emulated and unidirectional clients
+    /// are given. Controls arrive on the returned receiver once connected.
     pub fn new(
         node: Arc<Node>,
+        transport: Transport,
         encoding: Encoding,
         sink: Arc<Sink>,
+        session_id: String,
     ) -> (Session, mpsc::UnboundedReceiver<Control>) {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let session = Session {
             node,
+            transport,
             encoding,
             sink,
             client: uuid::Uuid::new_v4().to_string(),
+            session_id,
             connected: None,
             subs: HashMap::new(),
+            resume_from: Vec::new(),
+            replay: Vec::new(),
             control_tx,
             got_pong: false,
         };
         (session, control_rx)
+    }
+
+    /// Recover these channels from these positions when connecting
+    /// (`uni_sse`: the positions in the browser's `Last-Event-ID`).
+    pub fn resume_from(&mut self, positions: Vec<ChannelPosition>) {
+        self.resume_from = positions;
+    }
+
+    /// The connected user (empty when anonymous or not yet connected).
+    pub fn user(&self) -> &str {
+        self.connected.as_ref().map_or("", |c| c.user.as_str())
     }
 
     /// Whether the connect command succeeded.
@@ -116,21 +150,89 @@ impl Session {
     }
 
     /// Handles one inbound frame.
-    pub async fn handle_frame(
-        &mut self,
-        frame: &[u8],
-        out: &mut BytesMut,
-    ) -> Result<(), Disconnect> {
+    pub async fn handle_frame(&mut self, frame: &[u8], out: &mut Outbox) -> Result<(), Disconnect> {
+        if self.transport.unidirectional() {
+            if self.connected.is_some() {
+                return Ok(()); // pushes only: anything after connect is ignored
+            }
+            let req = if frame.iter().all(u8::is_ascii_whitespace) {
+                proto::ConnectRequest::default()
+            } else {
+                serde_json::from_slice(frame).map_err(|e| {
+                    tracing::debug!(client = %self.client, error = %e, "bad connect request");
+                    close(disconnect::BAD_REQUEST)
+                })?
+            };
+            return self.connect_unidirectional(req, out).await;
+        }
         let commands = proto::decode_commands(self.encoding, frame).map_err(|e| {
             tracing::debug!(client = %self.client, error = %e, "bad frame");
             close(disconnect::BAD_REQUEST)
         })?;
         for cmd in commands {
             if let Some(reply) = self.handle_command(cmd).await? {
-                encode_into(self.encoding, &reply, out);
+                out.message(&reply);
             }
         }
         Ok(())
+    }
+
+    /// Connects a unidirectional client: the result is a `connect` push,
+    /// a refusal a disconnect.
+    async fn connect_unidirectional(
+        &mut self,
+        mut req: proto::ConnectRequest,
+        out: &mut Outbox,
+    ) -> Result<(), Disconnect> {
+        for p in std::mem::take(&mut self.resume_from) {
+            let wanted = req.subs.entry(p.channel).or_default();
+            (wanted.recover, wanted.offset, wanted.epoch) = (true, p.offset, p.epoch);
+        }
+        let reply = self.connect(0, req).await?;
+        if let Some(e) = reply.error {
+            crate::metrics::auth_failure("centrifugo", "connect refused");
+            return Err(close(match e.code {
+                c if c == errors::TOKEN_EXPIRED.0 => disconnect::EXPIRED,
+                c if c == errors::PERMISSION_DENIED.0 => disconnect::PERMISSION_DENIED,
+                c if c == errors::UNAUTHORIZED.0 => disconnect::INVALID_TOKEN,
+                _ => disconnect::SERVER_ERROR,
+            }));
+        }
+        let r = reply.connect.unwrap_or_default();
+        let push = proto::Push {
+            connect: Some(proto::Connect {
+                client: r.client,
+                version: r.version,
+                data: r.data,
+                subs: r.subs,
+                expires: r.expires,
+                ttl: r.ttl,
+                ping: r.ping,
+                pong: false,
+                session: r.session,
+                node: r.node,
+            }),
+            ..Default::default()
+        };
+        out.message_with_id(&push, self.resume_id().as_deref());
+        for p in std::mem::take(&mut self.replay) {
+            self.push(Delivery::Publication(p), out);
+        }
+        Ok(())
+    }
+
+    /// The `uni_sse` event id: every channel's position.
+    fn resume_id(&self) -> Option<String> {
+        if self.transport != Transport::UniSse {
+            return None;
+        }
+        let mut positions: Vec<(&str, u64, &str)> = self
+            .subs
+            .iter()
+            .map(|(c, s)| (c.as_str(), s.skip_upto, s.epoch.as_str()))
+            .collect();
+        positions.sort_unstable();
+        Some(resume::encode(positions))
     }
 
     async fn handle_command(&mut self, cmd: proto::Command) -> Result<Option<Reply>, Disconnect> {
@@ -198,8 +300,14 @@ impl Session {
         } else {
             match tokens::connection(&self.node.key, &req.token) {
                 Ok(t) => t,
-                Err(TokenError::Expired) => return Ok(error_reply(id, errors::TOKEN_EXPIRED)),
-                Err(TokenError::Invalid) => return Err(close(disconnect::INVALID_TOKEN)),
+                    Err(TokenError::Expired) => {
+                    crate::metrics::auth_failure("centrifugo", "token expired");
+                    return Ok(error_reply(id, errors::TOKEN_EXPIRED));
+                }
+                Err(TokenError::Invalid) => {
+                    crate::metrics::auth_failure("centrifugo", "invalid token");
+                    return Err(close(disconnect::INVALID_TOKEN));
+                }
             }
         };
         if token.channels.len() > s.channel_limit {
@@ -238,8 +346,13 @@ impl Session {
                 ttl,
                 subs,
                 ping: s.ping_interval.as_secs().max(1) as u32,
-                pong: true,
-                node: self.node.name.clone(),
+                pong: !self.transport.unidirectional(),
+                session: self.session_id.clone(),
+                node: if self.transport.emulation() {
+                    self.node.name.clone()
+                } else {
+                    String::new()
+                },
                 ..Default::default()
             }),
             ..Default::default()
@@ -288,9 +401,13 @@ impl Session {
                     sub_exp = t.expires_at;
                 }
                 Ok(_) | Err(TokenError::Invalid) => {
-                    return error_reply(id, errors::PERMISSION_DENIED)
+                    crate::metrics::auth_failure("centrifugo", "invalid subscription token");
+                    return error_reply(id, errors::PERMISSION_DENIED);
                 }
-                Err(TokenError::Expired) => return error_reply(id, errors::TOKEN_EXPIRED),
+                Err(TokenError::Expired) => {
+                    crate::metrics::auth_failure("centrifugo", "subscription token expired");
+                    return error_reply(id, errors::TOKEN_EXPIRED);
+                }
             }
         } else if !ns.allow_subscribe || (user.is_empty() && !ns.allow_anonymous) {
             return error_reply(id, errors::PERMISSION_DENIED);
@@ -371,9 +488,16 @@ impl Session {
             conn_info,
             chan_info,
         });
-        let skip_upto = publications
-            .last()
-            .map_or(position.offset, |p| p.offset.max(position.offset));
+        // uni_sse sends recovered publications as events of their own, each
+        // with its id, so a drop during the replay loses nothing either.
+        let replay_as_events = self.transport == Transport::UniSse && recovered;
+        let skip_upto = if replay_as_events {
+            req.offset
+        } else {
+            publications
+                .last()
+                .map_or(position.offset, |p| p.offset.max(position.offset))
+        };
         if ns.presence {
             hub.presence().add(&req.channel, info.clone());
         }
@@ -385,19 +509,28 @@ impl Session {
             ChannelSub {
                 _handle: handle,
                 skip_upto,
+                epoch: position.epoch.to_string(),
                 info,
                 presence: ns.presence,
                 join_leave: ns.join_leave,
             },
         );
+        let offset = if replay_as_events {
+            position.offset.max(publications.last().map_or(0, |p| p.offset))
+        } else {
+            skip_upto
+        };
+        if replay_as_events {
+            self.replay.extend(publications.iter().filter(|p| !p.draft.private).cloned());
+        }
         Ok(proto::SubscribeResult {
             recoverable: true,
             epoch: position.epoch,
-            offset: skip_upto,
+            offset,
             recovered,
             was_recovering: recovering,
             positioned: req.positioned,
-            publications: if recovered || recovering {
+            publications: if (recovered || recovering) && !replay_as_events {
                 publications
                     .iter()
                     .filter(|p| !p.draft.private)
@@ -594,7 +727,7 @@ impl Session {
     }
 
     /// Appends the push for a hub delivery.
-    pub fn push(&mut self, delivery: Delivery, out: &mut BytesMut) {
+    pub fn push(&mut self, delivery: Delivery, out: &mut Outbox) {
         match delivery {
             Delivery::Publication(p) => {
                 let Some(sub) = self.subs.get_mut(p.channel()) else {
@@ -604,14 +737,21 @@ impl Session {
                     return;
                 }
                 sub.skip_upto = p.offset;
-                proto::append_encoded(self.encoding, p.centrifuge_push(self.encoding), out);
+                let encoded = p.centrifuge_push(self.encoding);
+                if self.transport.unidirectional() {
+                    if let Some(push) = push_of_json_reply(encoded) {
+                        out.encoded(&push, self.resume_id().as_deref());
+                    }
+                } else {
+                    out.encoded(encoded, None);
+                }
             }
             Delivery::Join(channel, info) => self.push_presence(&channel, &info, true, out),
             Delivery::Leave(channel, info) => self.push_presence(&channel, &info, false, out),
         }
     }
 
-    fn push_presence(&self, channel: &str, info: &ClientInfo, joined: bool, out: &mut BytesMut) {
+    fn push_presence(&self, channel: &str, info: &ClientInfo, joined: bool, out: &mut Outbox) {
         if !self.subs.contains_key(channel) {
             return;
         }
@@ -628,20 +768,37 @@ impl Session {
         self.write_push(push, out);
     }
 
-    fn write_push(&self, push: proto::Push, out: &mut BytesMut) {
-        let reply = Reply {
-            push: Some(push),
+    /// Writes a push: wrapped in a reply, or on its own to unidirectional
+    /// clients.
+    fn write_push(&self, push: proto::Push, out: &mut Outbox) {
+        if self.transport.unidirectional() {
+            out.message(&push);
+        } else {
+            out.message(&Reply {
+                push: Some(push),
+                ..Default::default()
+            });
+        }
+    }
+
+    /// Writes the disconnect push that tells a client on a stream transport
+    /// why it is closed and whether to reconnect (WebSocket uses its close
+    /// frame instead).
+    pub fn write_disconnect(&self, code: u16, reason: &str, out: &mut Outbox) {
+        let push = proto::Push {
+            disconnect: Some(proto::Disconnect {
+                code: code.into(),
+                reason: reason.to_owned(),
+                // The protocol's rule: 3500–3999 and 4500–4999 are final.
+                reconnect: !matches!(code, 3500..=3999 | 4500..=4999),
+            }),
             ..Default::default()
         };
-        encode_into(self.encoding, &reply, out);
+        self.write_push(push, out);
     }
 
     /// Applies a server control.
-    pub async fn control(
-        &mut self,
-        control: Control,
-        out: &mut BytesMut,
-    ) -> Result<(), Disconnect> {
+    pub async fn control(&mut self, control: Control, out: &mut Outbox) -> Result<(), Disconnect> {
         match control {
             Control::Disconnect(code, reason) => Err((code, reason)),
             Control::Unsubscribe(channel) => {
@@ -688,10 +845,11 @@ impl Session {
         }
     }
 
-    /// A ping (an empty reply).
-    pub fn ping(&mut self, out: &mut BytesMut) {
+    /// A ping (an empty reply; an empty push to unidirectional clients,
+    /// which is the same `{}`).
+    pub fn ping(&mut self, out: &mut Outbox) {
         self.got_pong = false;
-        encode_into(self.encoding, &Reply::default(), out);
+        out.message(&Reply::default());
     }
 }
 

@@ -140,6 +140,7 @@ struct Fanout {
     /// lock at subscribe time so replay and live delivery meet exactly.
     last_seq: AtomicU64,
     deliveries: AtomicU64,
+    drops: AtomicU64,
     slow_disconnects: AtomicU64,
 }
 
@@ -156,7 +157,10 @@ impl Fanout {
                     Ok(()) => {
                         self.deliveries.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(mpsc::error::TrySendError::Full(_)) => slow.push(s.sink.clone()),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.drops.fetch_add(1, Ordering::Relaxed);
+                        slow.push(s.sink.clone());
+                    }
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             };
@@ -294,6 +298,9 @@ pub struct HubStats {
     pub publications: u64,
     /// Publications queued to subscribers since start.
     pub deliveries: u64,
+    /// Publications not queued because the subscriber's queue was full
+    /// (the subscriber is then disconnected).
+    pub drops: u64,
     /// Subscribers dropped for not keeping up.
     pub slow_disconnects: u64,
 }
@@ -317,6 +324,7 @@ impl Hub {
             index: RwLock::new(Index::default()),
             last_seq: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
+            drops: AtomicU64::new(0),
             slow_disconnects: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(options.max_batch * 8);
@@ -456,12 +464,34 @@ impl Hub {
             .collect()
     }
 
+    /// How many channels have exact subscribers.
+    pub fn channel_count(&self) -> usize {
+        self.fanout.index.read().exact.len()
+    }
+
+    /// Deliveries waiting in connection queues: (in all, in the fullest).
+    pub fn queue_depths(&self) -> (usize, usize) {
+        let index = self.fanout.index.read();
+        let mut seen = HashSet::new();
+        let mut total = 0;
+        let mut deepest = 0;
+        for s in index.by_id.values() {
+            if seen.insert(s.sink.id) {
+                let depth = s.sink.tx.max_capacity() - s.sink.tx.capacity();
+                total += depth;
+                deepest = deepest.max(depth);
+            }
+        }
+        (total, deepest)
+    }
+
     /// Current counters.
     pub fn stats(&self) -> HubStats {
         HubStats {
             subscribers: self.fanout.index.read().by_id.len(),
             publications: self.publications.load(Ordering::Relaxed),
             deliveries: self.fanout.deliveries.load(Ordering::Relaxed),
+            drops: self.fanout.drops.load(Ordering::Relaxed),
             slow_disconnects: self.fanout.slow_disconnects.load(Ordering::Relaxed),
         }
     }
@@ -496,7 +526,10 @@ async fn run_log(
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         let (drafts, replies): (Vec<_>, Vec<_>) =
             jobs.drain(..).map(|j| (j.draft, j.reply)).unzip();
-        match history.append(drafts).await {
+        let started = std::time::Instant::now();
+        let appended = history.append(drafts).await;
+        crate::metrics::history_append(started, replies.len());
+        match appended {
             Ok(pubs) => {
                 publications.fetch_add(pubs.len() as u64, Ordering::Relaxed);
                 for (p, reply) in pubs.into_iter().zip(replies) {

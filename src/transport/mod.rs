@@ -1,7 +1,63 @@
 //! Transports: moving encoded bytes between sockets and the hub.
 //!
-//! A transport owns no protocol logic: it takes a hub [`Subscription`]
-//! (crate::hub::Subscription) and writes the bytes the codecs produced.
+//! A transport owns no protocol logic. The Mercure SSE stream
+//! ([`sse`]) writes the bytes of a hub subscription; the Centrifugo
+//! transports ([`websocket`], [`http_stream`], with [`emulation`] carrying
+//! the commands of emulated connections) give a `centrifugo::connection`
+//! loop a wire to read frames from and write batches to.
 
+pub mod emulation;
+pub mod http_stream;
 pub mod sse;
 pub mod websocket;
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap};
+use tokio_util::sync::CancellationToken;
+
+use crate::centrifugo::Node;
+
+/// What the Centrifugo connection endpoints need.
+pub struct CentrifugoState {
+    /// Sessions' shared state.
+    pub node: Arc<Node>,
+    /// Server shutdown.
+    pub shutdown: CancellationToken,
+}
+
+/// True when a browser's `Origin` may open a Centrifugo connection (or post
+/// to `/emulation`): no `Origin` (not a browser), the same origin as the
+/// request's `Host`, or one of `centrifugo.allowed_origins`. Browsers send
+/// cookies with cross-site handshakes, so any other origin could act as
+/// the user (cross-site WebSocket hijacking and its HTTP equivalent).
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if allowed.iter().any(|a| a == origin) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (url::Url::parse(origin), host) {
+        (Ok(u), Some(host)) => {
+            let authority = match u.port() {
+                Some(p) => format!("{}:{p}", u.host_str().unwrap_or_default()),
+                None => u.host_str().unwrap_or_default().to_owned(),
+            };
+            authority.eq_ignore_ascii_case(host)
+        }
+        _ => false,
+    }
+}
+
+/// The `cf_connect` query parameter of unidirectional transports.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ConnectQuery {
+    /// The connect request, as JSON.
+    pub cf_connect: Option<String>,
+}
+

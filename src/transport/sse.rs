@@ -40,6 +40,7 @@ pub struct EventStream {
     batch: Vec<Delivery>,
     finished: bool,
     _guard: Option<Box<dyn Send + Sync>>,
+    _open: crate::metrics::OpenConnection,
 }
 
 /// How an [`EventStream`] behaves.
@@ -82,6 +83,7 @@ impl EventStream {
             batch: Vec::with_capacity(BATCH),
             finished: false,
             _guard: guard,
+            _open: crate::metrics::connection_opened("mercure", "sse"),
         }
     }
 

@@ -6,69 +6,60 @@
 //! site act as the user (cross-site WebSocket hijacking). The subprotocol
 //! `centrifuge-protobuf` selects the Protobuf encoding; JSON otherwise.
 //!
-//! One task per connection: it reads frames into the session, writes
-//! everything the session produced (replies and queued pushes) as one frame,
-//! sends pings, and closes with the protocol's disconnect code when the
-//! session, the hub or the server says so.
+//! The connection itself runs in `centrifugo::connection` over a
+//! [`WsWire`]: a batch of output is one WebSocket message, and the
+//! connection ends with a close frame carrying the disconnect code.
+//! `/connection/uni_websocket` is the same with a unidirectional session
+//! (JSON only, as in Centrifugo).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::BytesMut;
-use tokio::time::{sleep_until, Instant};
-use tokio_util::sync::CancellationToken;
+use bytes::Bytes;
 
-use crate::centrifugo::session::{Disconnect, Session};
-use crate::centrifugo::Node;
-use crate::hub::SHUTTING_DOWN;
-use crate::protocol::centrifuge::{disconnect, Encoding};
-
-/// Most queued deliveries written in one frame.
-const BATCH: usize = 256;
-
-/// What the WebSocket endpoint needs.
-pub struct WsState {
-    /// Sessions' shared state.
-    pub node: Arc<Node>,
-    /// Server shutdown.
-    pub shutdown: CancellationToken,
-}
-
-/// True when a browser's `Origin` may open a WebSocket: no `Origin` (not a
-/// browser), the same origin as the request's `Host`, or a listed origin.
-pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
-    };
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    if allowed.iter().any(|a| a == origin) {
-        return true;
-    }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    match (url::Url::parse(origin), host) {
-        (Ok(u), Some(host)) => {
-            let authority = match u.port() {
-                Some(p) => format!("{}:{p}", u.host_str().unwrap_or_default()),
-                None => u.host_str().unwrap_or_default().to_owned(),
-            };
-            authority.eq_ignore_ascii_case(host)
-        }
-        _ => false,
-    }
-}
+use super::{origin_allowed, CentrifugoState, ConnectQuery};
+use crate::centrifugo::connection::{self, Inbound, Start, Wire};
+use crate::centrifugo::Transport;
+use crate::protocol::centrifuge::Encoding;
 
 /// `GET /connection/websocket`.
-pub async fn upgrade(
-    State(state): State<Arc<WsState>>,
+pub async fn bidirectional(
+    state: State<Arc<CentrifugoState>>,
+    connect_info: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    upgrade(state, connect_info, headers, ws, Transport::WebSocket, None)
+}
+
+/// `GET /connection/uni_websocket`: the connect request is the first
+/// message, or the `cf_connect` query parameter.
+pub async fn unidirectional(
+    state: State<Arc<CentrifugoState>>,
+    connect_info: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<ConnectQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let first = query.cf_connect.map(Bytes::from);
+    upgrade(state, connect_info, headers, ws, Transport::UniWebSocket, first)
+}
+
+fn upgrade(
+    State(state): State<Arc<CentrifugoState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+    transport: Transport,
+    first_frame: Option<Bytes>,
+) -> Response {
+    if !state.node.transport_enabled(transport) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     if !origin_allowed(&headers, &state.node.settings.allowed_origins) {
         return (
             StatusCode::FORBIDDEN,
@@ -81,104 +72,68 @@ pub async fn upgrade(
         .max_message_size(state.node.settings.max_frame)
         .max_frame_size(state.node.settings.max_frame);
     let encoding = match ws.selected_protocol().map(|p| p.as_bytes()) {
-        Some(b"centrifuge-protobuf") => Encoding::Protobuf,
+        Some(b"centrifuge-protobuf") if !transport.unidirectional() => Encoding::Protobuf,
         _ => Encoding::Json,
     };
-    ws.on_upgrade(move |socket| run(socket, state, encoding))
-}
-
-async fn run(mut socket: WebSocket, state: Arc<WsState>, encoding: Encoding) {
-    let node = state.node.clone();
-    let (sink, mut deliveries) = node.hub.open_queue();
-    let kicked = sink.closed().clone();
-    let (mut session, mut controls) = Session::new(node.clone(), encoding, sink.clone());
-    let settings = &node.settings;
-    let far = || Instant::now() + Duration::from_secs(365 * 24 * 3600);
-    let handshake_deadline = Instant::now() + settings.handshake_timeout;
-    let mut next_ping = Instant::now() + settings.ping_interval;
-    let mut pong_deadline: Option<Instant> = None;
-    let mut batch = Vec::with_capacity(BATCH);
-    let result: Result<(), Disconnect> = loop {
-        let mut out = BytesMut::new();
-        let expiry = session
-            .expires_at()
-            .map(|exp| Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs())))
-            .unwrap_or_else(far);
-        let step: Result<(), Disconnect> = tokio::select! {
-            msg = socket.recv() => match msg {
-                Some(Ok(Message::Text(t))) => session.handle_frame(t.as_bytes(), &mut out).await,
-                Some(Ok(Message::Binary(b))) => session.handle_frame(&b, &mut out).await,
-                Some(Ok(Message::Close(_))) | None => break Ok(()),
-                Some(Ok(_)) => Ok(()), // WebSocket ping/pong frames
-                Some(Err(e)) => {
-                    tracing::debug!(client = session.client(), error = %e, "websocket read error");
-                    let (code, reason) = classify(e);
-                    let _ = socket.send(close_message(code, reason)).await;
-                    return;
-                }
+    ws.on_upgrade(move |socket| {
+        let start = Start {
+            transport,
+            encoding,
+            session_id: if transport.unidirectional() {
+                uuid::Uuid::new_v4().to_string()
+            } else {
+                String::new()
             },
-            n = deliveries.recv_many(&mut batch, BATCH) => {
-                if n == 0 { break Ok(()) }
-                for d in batch.drain(..) {
-                    session.push(d, &mut out);
-                }
-                Ok(())
-            }
-            Some(control) = controls.recv() => session.control(control, &mut out).await,
-            _ = kicked.cancelled() => break Err(match sink.close_reason() {
-                Some(r) if r == SHUTTING_DOWN => to_disconnect(disconnect::SHUTDOWN),
-                _ => to_disconnect(disconnect::SLOW),
-            }),
-            _ = state.shutdown.cancelled() => break Err(to_disconnect(disconnect::SHUTDOWN)),
-            _ = sleep_until(handshake_deadline), if !session.is_connected() => break Err(to_disconnect(disconnect::STALE)),
-            _ = sleep_until(next_ping), if session.is_connected() => {
-                session.ping(&mut out);
-                next_ping = Instant::now() + settings.ping_interval;
-                pong_deadline = Some(Instant::now() + settings.pong_timeout);
-                Ok(())
-            }
-            _ = sleep_until(pong_deadline.unwrap_or_else(far)), if pong_deadline.is_some() => {
-                if session.got_pong { pong_deadline = None; Ok(()) } else { Err(to_disconnect(disconnect::NO_PONG)) }
-            }
-            _ = sleep_until(expiry), if session.expires_at().is_some() => {
-                if session.expires_at().is_some_and(|e| e <= now_secs()) { Err(to_disconnect(disconnect::EXPIRED)) } else { Ok(()) }
-            }
+            first_frame,
+            resume_from: Vec::new(),
+            remote: remote.to_string(),
         };
-        if session.got_pong {
-            pong_deadline = None;
-        }
-        if !out.is_empty() {
-            let frame = out.freeze();
-            let msg = match encoding {
-                // Frames we encode are UTF-8 (no copy); the lossy path only satisfies the type.
-                Encoding::Json => Message::Text(
-                    Utf8Bytes::try_from(frame.clone())
-                        .unwrap_or_else(|_| String::from_utf8_lossy(&frame).into_owned().into()),
-                ),
-                Encoding::Protobuf => Message::Binary(frame),
+        let wire = WsWire { socket, encoding };
+        connection::run(wire, state.node.clone(), state.shutdown.clone(), start)
+    })
+}
+
+/// A WebSocket as a connection's wire.
+struct WsWire {
+    socket: WebSocket,
+    encoding: Encoding,
+}
+
+impl Wire for WsWire {
+    async fn recv(&mut self) -> Inbound {
+        loop {
+            return match self.socket.recv().await {
+                Some(Ok(Message::Text(t))) => Inbound::Frame(Bytes::from(t)),
+                Some(Ok(Message::Binary(b))) => Inbound::Frame(b),
+                Some(Ok(Message::Close(_))) | None => Inbound::Gone,
+                Some(Ok(_)) => continue, // WebSocket ping/pong frames
+                Some(Err(e)) => {
+                    let (code, reason) = classify(e);
+                    Inbound::Broken(code, reason)
+                }
             };
-            if socket.send(msg).await.is_err() {
-                return;
-            }
         }
-        if let Err(d) = step {
-            break Err(d);
-        }
-    };
-    if let Err((code, reason)) = result {
-        let _ = socket.send(close_message(code, &reason)).await;
     }
-}
 
-fn to_disconnect(code: disconnect::Code) -> Disconnect {
-    (code.0, code.1.to_owned())
-}
+    async fn send(&mut self, batch: Bytes) -> bool {
+        let msg = match self.encoding {
+            // Frames we encode are UTF-8 (no copy); the lossy path only satisfies the type.
+            Encoding::Json => Message::Text(
+                Utf8Bytes::try_from(batch.clone())
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&batch).into_owned().into()),
+            ),
+            Encoding::Protobuf => Message::Binary(batch),
+        };
+        self.socket.send(msg).await.is_ok()
+    }
 
-fn close_message(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code,
-        reason: reason.to_owned().into(),
-    }))
+    async fn close(mut self, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code,
+            reason: reason.to_owned().into(),
+        };
+        let _ = self.socket.send(Message::Close(Some(frame))).await;
+    }
 }
 
 /// Maps a read error to a WebSocket close code.
@@ -189,8 +144,4 @@ fn classify(e: axum::Error) -> (u16, &'static str) {
         Ok(Error::Utf8(_)) => (1007, "invalid UTF-8"),
         _ => (1002, "protocol error"),
     }
-}
-
-fn now_secs() -> u64 {
-    crate::hub::publication::now_ms() / 1000
 }

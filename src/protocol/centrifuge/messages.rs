@@ -651,3 +651,16 @@ pub struct SendRequest {
     #[serde(skip_serializing_if = "is_default", with = "raw_json")]
     pub data: Bytes,
 }
+
+/// A client's commands sent over `POST /emulation` for a connection whose
+/// server-to-client half is an HTTP stream or SSE (Protobuf form; the JSON
+/// form carries `data` as a string, see `decode_emulation`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EmulationRequest {
+    #[prost(string, tag = "1")]
+    pub node: String,
+    #[prost(string, tag = "2")]
+    pub session: String,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub data: Bytes,
+}

@@ -6,8 +6,10 @@
 //! with no request set (`{}` in JSON) is the client's pong.
 
 pub mod messages;
+pub mod outbox;
+pub mod resume;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use prost::Message as _;
 
 pub use messages::*;
@@ -47,35 +49,43 @@ pub fn decode_commands(encoding: Encoding, frame: &[u8]) -> Result<Vec<Command>,
     }
 }
 
-/// Appends one reply (or push) to a frame being built.
-pub fn encode_into(encoding: Encoding, reply: &Reply, frame: &mut BytesMut) {
+/// Encodes one message on its own (JSON text; Protobuf length-prefixed),
+/// ready for [`outbox::Outbox::encoded`].
+pub fn encode<M: serde::Serialize + prost::Message>(encoding: Encoding, message: &M) -> Bytes {
     match encoding {
-        Encoding::Json => {
-            if !frame.is_empty() {
-                frame.put_u8(b'\n');
-            }
-            // Serializing our own structs cannot fail.
-            let _ = serde_json::to_writer(frame.writer(), reply);
-        }
-        Encoding::Protobuf => {
-            let _ = reply.encode_length_delimited(frame);
-        }
+        // Serializing our own structs cannot fail.
+        Encoding::Json => Bytes::from(serde_json::to_vec(message).unwrap_or_default()),
+        Encoding::Protobuf => Bytes::from(message.encode_length_delimited_to_vec()),
     }
 }
 
-/// Appends an already encoded message (a shared publication push).
-pub fn append_encoded(encoding: Encoding, encoded: &[u8], frame: &mut BytesMut) {
-    if encoding == Encoding::Json && !frame.is_empty() {
-        frame.put_u8(b'\n');
-    }
-    frame.extend_from_slice(encoded);
+/// The push inside an encoded JSON reply `{"push":…}`, without copying:
+/// unidirectional connections receive pushes unwrapped.
+pub fn push_of_json_reply(reply: &Bytes) -> Option<Bytes> {
+    const PREFIX: &[u8] = b"{\"push\":";
+    (reply.starts_with(PREFIX) && reply.ends_with(b"}"))
+        .then(|| reply.slice(PREFIX.len()..reply.len() - 1))
 }
 
-/// Encodes one reply on its own.
-pub fn encode(encoding: Encoding, reply: &Reply) -> Bytes {
-    let mut frame = BytesMut::new();
-    encode_into(encoding, reply, &mut frame);
-    frame.freeze()
+/// Decodes a `POST /emulation` body: Protobuf when the request says
+/// `application/octet-stream`, JSON otherwise (`data` is then a string).
+pub fn decode_emulation(protobuf: bool, body: &[u8]) -> Result<EmulationRequest, DecodeError> {
+    if protobuf {
+        return EmulationRequest::decode(body).map_err(|e| DecodeError(e.to_string()));
+    }
+    #[derive(serde::Deserialize)]
+    struct Json {
+        #[serde(default)]
+        node: String,
+        session: String,
+        data: String,
+    }
+    let j: Json = serde_json::from_slice(body).map_err(|e| DecodeError(e.to_string()))?;
+    Ok(EmulationRequest {
+        node: j.node,
+        session: j.session,
+        data: Bytes::from(j.data),
+    })
 }
 
 /// A payload as the JSON protocol needs it: valid JSON passes through, any
@@ -212,15 +222,11 @@ mod tests {
             }),
             ..Default::default()
         };
-        let mut frame = BytesMut::new();
-        encode_into(
-            Encoding::Json,
-            &error_reply(7, errors::PERMISSION_DENIED),
-            &mut frame,
-        );
-        encode_into(Encoding::Json, &push, &mut frame);
+        let mut frame = outbox::Outbox::new(Encoding::Json, outbox::Framing::Frame);
+        frame.message(&error_reply(7, errors::PERMISSION_DENIED));
+        frame.message(&push);
         assert_eq!(
-            std::str::from_utf8(&frame).unwrap(),
+            std::str::from_utf8(&frame.take()).unwrap(),
             "{\"id\":7,\"error\":{\"code\":103,\"message\":\"permission denied\"}}\n{\"push\":{\"channel\":\"chat\",\"pub\":{\"data\":{\"a\":1},\"offset\":3}}}"
         );
         assert_eq!(
@@ -228,11 +234,37 @@ mod tests {
             b"{}",
             "a ping"
         );
+        let encoded = encode(Encoding::Json, &push);
+        assert_eq!(
+            &push_of_json_reply(&encoded).unwrap()[..],
+            br#"{"channel":"chat","pub":{"data":{"a":1},"offset":3}}"#
+        );
+        assert_eq!(push_of_json_reply(&encode(Encoding::Json, &Reply::default())), None);
+    }
+
+    #[test]
+    fn emulation_requests_in_both_encodings() {
+        let json = br#"{"session":"s1","node":"n1","data":"{\"id\":1,\"ping\":{}}"}"#;
+        let req = decode_emulation(false, json).unwrap();
+        assert_eq!((req.session.as_str(), req.node.as_str()), ("s1", "n1"));
+        let cmds = decode_commands(Encoding::Json, &req.data).unwrap();
+        assert_eq!(cmds[0].id, 1);
+        let proto = EmulationRequest {
+            node: "n".into(),
+            session: "s".into(),
+            data: Bytes::from_static(&[1, 2]),
+        };
+        let back = decode_emulation(true, &proto.encode_to_vec()).unwrap();
+        assert_eq!(back, proto);
+        for bad in [&b"{}"[..], b"{\"session\":1,\"data\":\"\"}", b"[", b"\xff"] {
+            assert!(decode_emulation(false, bad).is_err(), "{bad:?}");
+        }
+        assert!(decode_emulation(true, &[0xff, 0xff]).is_err());
     }
 
     #[test]
     fn protobuf_round_trip_with_several_messages() {
-        let mut frame = BytesMut::new();
+        let mut frame = bytes::BytesMut::new();
         for id in 1..=3 {
             let cmd = Command {
                 id,

@@ -1,0 +1,139 @@
+//! Prometheus metrics (`GET /metrics`), through the `metrics` facade and
+//! its Prometheus exporter.
+//!
+//! Two kinds of figures, chosen by where they are cheapest:
+//!
+//! - Events off the hot path (connections opening and closing, disconnects,
+//!   auth failures, HTTP requests, history commits) are recorded where they
+//!   happen, with the helpers below.
+//! - Per-publication counters (publications, deliveries, drops) stay plain
+//!   atomics in the hub and are copied into the registry when Prometheus
+//!   scrapes ([`render`]), with the gauges that are a snapshot anyway
+//!   (subscriptions, channels, queue depth). Fan-out pays one atomic add.
+//!
+//! Every name is listed with its meaning in docs/operations.md.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::centrifugo::Node;
+use crate::hub::Hub;
+
+/// Latency buckets, in seconds: 100 µs to 10 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls reuse it).
+/// Returns None if another recorder was installed first.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(SECONDS_BUCKETS)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// The Prometheus text exposition of every metric, with the hub's
+/// counters and snapshots brought up to date first.
+pub fn render(hub: &Hub, node: &Node) -> String {
+    let Some(handle) = HANDLE.get().and_then(Option::as_ref) else {
+        return String::new();
+    };
+    let stats = hub.stats();
+    counter!("tidings_publications_total").absolute(stats.publications);
+    counter!("tidings_deliveries_total").absolute(stats.deliveries);
+    counter!("tidings_delivery_drops_total").absolute(stats.drops);
+    counter!("tidings_slow_consumer_disconnects_total").absolute(stats.slow_disconnects);
+    gauge!("tidings_subscriptions").set(stats.subscribers as f64);
+    gauge!("tidings_channels").set(hub.channel_count() as f64);
+    let (queued, deepest) = hub.queue_depths();
+    gauge!("tidings_delivery_queue_depth").set(queued as f64);
+    gauge!("tidings_delivery_queue_depth_max").set(deepest as f64);
+    let (clients, users) = node.counts();
+    gauge!("tidings_centrifugo_clients").set(clients as f64);
+    gauge!("tidings_centrifugo_users").set(users as f64);
+    handle.render()
+}
+
+/// Counts a connection while it lives.
+pub struct OpenConnection {
+    protocol: &'static str,
+    transport: &'static str,
+}
+
+/// Records a new connection; the returned guard records its end.
+pub fn connection_opened(protocol: &'static str, transport: &'static str) -> OpenConnection {
+    counter!("tidings_connections_opened_total", "protocol" => protocol, "transport" => transport)
+        .increment(1);
+    gauge!("tidings_connections", "protocol" => protocol, "transport" => transport).increment(1.0);
+    OpenConnection {
+        protocol,
+        transport,
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        gauge!("tidings_connections", "protocol" => self.protocol, "transport" => self.transport)
+            .decrement(1.0);
+    }
+}
+
+/// Records a Centrifugo disconnect by code (3008 is a slow consumer).
+pub fn disconnect(transport: &'static str, code: u16) {
+    counter!("tidings_disconnects_total", "transport" => transport, "code" => code.to_string())
+        .increment(1);
+}
+
+/// Records a refused credential.
+pub fn auth_failure(protocol: &'static str, reason: &'static str) {
+    counter!("tidings_auth_failures_total", "protocol" => protocol, "reason" => reason)
+        .increment(1);
+}
+
+/// Records a Centrifugo server API command and its outcome.
+pub fn api_command(method: &str, outcome: &'static str) {
+    counter!("tidings_api_commands_total", "method" => method.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// Records how long a history commit took.
+pub fn history_append(started: Instant, publications: usize) {
+    histogram!("tidings_history_append_seconds").record(started.elapsed().as_secs_f64());
+    histogram!("tidings_history_append_batch").record(publications as f64);
+}
+
+/// Middleware: counts HTTP requests by route, method and status, and times
+/// them (to the response head; streams last longer).
+pub async fn track_http(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
+    let method = req.method().as_str().to_owned();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    histogram!("tidings_http_request_seconds", "route" => route.clone(), "method" => method.clone())
+        .record(started.elapsed().as_secs_f64());
+    counter!("tidings_http_requests_total", "route" => route, "method" => method, "status" => status)
+        .increment(1);
+    response
+}

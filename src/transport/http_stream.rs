@@ -1,0 +1,221 @@
+//! Centrifugo connections over plain HTTP responses, for clients behind
+//! proxies that refuse the WebSocket upgrade and for clients with no SDK.
+//!
+//! | endpoint                      | request carries            | response body        |
+//! |-------------------------------|----------------------------|----------------------|
+//! | `POST /connection/http_stream`| the connect command frame  | replies and pushes   |
+//! | `GET /connection/sse`         | `?cf_connect=` command     | SSE, one per message |
+//! | `POST /connection/uni_http_stream` | a connect request     | pushes               |
+//! | `GET /connection/uni_sse`     | `?cf_connect=` request     | SSE pushes, with ids |
+//!
+//! The two bidirectional ones are "emulated": the client sends its later
+//! commands with `POST /emulation` (see `transport::emulation`), quoting the
+//! session id and node name of its connect reply. `/connection/sse` and
+//! `/connection/uni_sse` also accept the frame as a POST body.
+//!
+//! The response body is fed by a bounded channel from the connection task
+//! (`centrifugo::connection`), so a client that reads slowly holds the
+//! task back, which leaves deliveries in the hub queue, which disconnects
+//! it as a slow consumer: the same rule as every other transport.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{origin_allowed, CentrifugoState, ConnectQuery};
+use crate::centrifugo::connection::{self, Inbound, Start, Wire};
+use crate::centrifugo::{EmulationInbox, Transport};
+use crate::protocol::centrifuge::{resume, Encoding};
+
+/// Output batches buffered between the connection task and the socket.
+const BODY_BUFFER: usize = 16;
+
+/// `POST /connection/http_stream`.
+pub async fn http_stream(
+    state: State<Arc<CentrifugoState>>,
+    remote: ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    open(state, remote, Transport::HttpStream, None, req).await
+}
+
+/// `GET|POST /connection/sse`.
+pub async fn sse(
+    state: State<Arc<CentrifugoState>>,
+    remote: ConnectInfo<SocketAddr>,
+    Query(query): Query<ConnectQuery>,
+    req: Request,
+) -> Response {
+    open(state, remote, Transport::Sse, query.cf_connect, req).await
+}
+
+/// `POST /connection/uni_http_stream`.
+pub async fn uni_http_stream(
+    state: State<Arc<CentrifugoState>>,
+    remote: ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    open(state, remote, Transport::UniHttpStream, None, req).await
+}
+
+/// `GET|POST /connection/uni_sse`.
+pub async fn uni_sse(
+    state: State<Arc<CentrifugoState>>,
+    remote: ConnectInfo<SocketAddr>,
+    Query(query): Query<ConnectQuery>,
+    req: Request,
+) -> Response {
+    open(state, remote, Transport::UniSse, query.cf_connect, req).await
+}
+
+fn refuse(status: StatusCode, message: &str) -> Response {
+    (status, format!("{message}\n")).into_response()
+}
+
+/// Reads a request body of at most `limit` bytes.
+pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, Response> {
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| {
+            refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body larger than {limit} bytes (centrifugo.max_frame)"),
+            )
+        })
+}
+
+/// True when the request says its body is Protobuf.
+pub fn is_protobuf(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/octet-stream")
+}
+
+async fn open(
+    State(state): State<Arc<CentrifugoState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    transport: Transport,
+    query_frame: Option<String>,
+    req: Request,
+) -> Response {
+    let node = &state.node;
+    if !node.transport_enabled(transport) {
+        return refuse(StatusCode::NOT_FOUND, "transport disabled");
+    }
+    if !origin_allowed(req.headers(), &node.settings.allowed_origins) {
+        return refuse(StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    let event_stream = transport == Transport::UniSse || transport == Transport::Sse;
+    let encoding = if !event_stream && is_protobuf(req.headers()) && !transport.unidirectional()
+    {
+        Encoding::Protobuf
+    } else {
+        Encoding::Json
+    };
+    let resume_from = match transport {
+        Transport::UniSse => req
+            .headers()
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(resume::decode)
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let first_frame = match (req.method(), query_frame) {
+        (&Method::GET, Some(q)) if event_stream => Bytes::from(q),
+        (&Method::GET, None) if transport == Transport::UniSse => Bytes::new(),
+        (&Method::GET, None) if event_stream => {
+            return refuse(StatusCode::BAD_REQUEST, "missing cf_connect parameter")
+        }
+        (&Method::POST, _) => match read_body(req, node.settings.max_frame).await {
+            Ok(body) => body,
+            Err(refused) => return refused,
+        },
+        _ => return refuse(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+    };
+    if first_frame.is_empty() && !transport.unidirectional() {
+        return refuse(StatusCode::BAD_REQUEST, "missing connect command");
+    }
+    let inbox = transport.emulation().then(|| node.open_emulation());
+    let session_id = match &inbox {
+        Some(inbox) => inbox.session().to_owned(),
+        None if transport.unidirectional() => uuid::Uuid::new_v4().to_string(),
+        None => String::new(),
+    };
+    let (tx, rx) = mpsc::channel(BODY_BUFFER);
+    let start = Start {
+        transport,
+        encoding,
+        session_id,
+        first_frame: Some(first_frame),
+        resume_from,
+        remote: remote.to_string(),
+    };
+    tokio::spawn(connection::run(
+        StreamWire { tx, inbox },
+        node.clone(),
+        state.shutdown.clone(),
+        start,
+    ));
+    let content_type = match (event_stream, encoding) {
+        (true, _) => "text/event-stream; charset=utf-8",
+        (false, Encoding::Json) => "application/json",
+        (false, Encoding::Protobuf) => "application/octet-stream",
+    };
+    let body = Body::from_stream(
+        receiver_stream(rx).map(Ok::<Bytes, Infallible>),
+    );
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),
+    );
+    // Tell nginx-like proxies not to buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+fn receiver_stream(mut rx: mpsc::Receiver<Bytes>) -> impl futures::Stream<Item = Bytes> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A streamed HTTP response (plus, when emulated, the inbox of commands
+/// posted to `/emulation`) as a connection's wire.
+struct StreamWire {
+    tx: mpsc::Sender<Bytes>,
+    inbox: Option<EmulationInbox>,
+}
+
+impl Wire for StreamWire {
+    async fn recv(&mut self) -> Inbound {
+        let StreamWire { tx, inbox } = self;
+        match inbox {
+            Some(inbox) => tokio::select! {
+                frame = inbox.frames.recv() => frame.map_or(Inbound::Gone, Inbound::Frame),
+                _ = tx.closed() => Inbound::Gone,
+            },
+            None => {
+                tx.closed().await;
+                Inbound::Gone
+            }
+        }
+    }
+
+    async fn send(&mut self, batch: Bytes) -> bool {
+        self.tx.send(batch).await.is_ok()
+    }
+
+    async fn close(self, _code: u16, _reason: &str) {
+        // Dropping the sender ends the response body after what was sent.
+    }
+}
