@@ -200,21 +200,25 @@ pub async fn open(hub: &Hub, query: &str, headers: &[(&str, &str)]) -> Stream {
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let res = req.send().await.unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    Stream {
-        status,
-        headers,
-        body: Some(res.bytes_stream().boxed()),
-        parser: Parser::default(),
-        pending: Default::default(),
-        raw: Vec::new(),
-        ended: false,
-    }
+    Stream::from_response(req.send().await.unwrap())
 }
 
 impl Stream {
+    /// Reads any `text/event-stream` response.
+    pub fn from_response(res: reqwest::Response) -> Stream {
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        Stream {
+            status,
+            headers,
+            body: Some(res.bytes_stream().boxed()),
+            parser: Parser::default(),
+            pending: Default::default(),
+            raw: Vec::new(),
+            ended: false,
+        }
+    }
+
     /// The next event, or None if none arrives within `wait`.
     pub async fn next_within(&mut self, wait: Duration) -> Option<ParsedEvent> {
         let deadline = tokio::time::Instant::now() + wait;
