@@ -55,24 +55,43 @@ export class Hub {
 }
 
 // Forwards connections; `cut()` drops them and refuses new ones until `resume()`.
+// With `refuseWebSocket`, it behaves like a corporate proxy that passes HTTP
+// but answers every WebSocket upgrade with 403.
 export class Proxy {
-  constructor(target) {
+  constructor(target, { refuseWebSocket = false } = {}) {
     this.open = true;
     this.sockets = new Set();
+    this.refusedUpgrades = 0;
     this.server = net.createServer((client) => {
       if (!this.open) return client.destroy();
-      const upstream = net.connect(target, "127.0.0.1");
-      this.sockets.add(client).add(upstream);
-      client.pipe(upstream).pipe(client);
-      const done = () => {
-        client.destroy();
-        upstream.destroy();
-        this.sockets.delete(client);
-        this.sockets.delete(upstream);
-      };
-      client.on("error", done).on("close", done);
-      upstream.on("error", done).on("close", done);
+      if (refuseWebSocket) {
+        client.once("data", (head) => {
+          if (/^upgrade:\s*websocket/im.test(head.toString("latin1"))) {
+            this.refusedUpgrades += 1;
+            client.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            return;
+          }
+          client.unshift(head);
+          this.forward(client, target);
+        });
+        client.on("error", () => client.destroy());
+        return;
+      }
+      this.forward(client, target);
     });
+  }
+  forward(client, target) {
+    const upstream = net.connect(target, "127.0.0.1");
+    this.sockets.add(client).add(upstream);
+    client.pipe(upstream).pipe(client);
+    const done = () => {
+      client.destroy();
+      upstream.destroy();
+      this.sockets.delete(client);
+      this.sockets.delete(upstream);
+    };
+    client.on("error", done).on("close", done);
+    upstream.on("error", done).on("close", done);
   }
   listen() {
     return new Promise((resolve) => this.server.listen(0, "127.0.0.1", () => resolve(this.server.address().port)));
