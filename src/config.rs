@@ -71,6 +71,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("log.level", Kind::Str),
     ("log.format", Kind::Str),
     ("shutdown_grace", Kind::Str),
+    ("shutdown_drain", Kind::Str),
     ("history.engine", Kind::Str),
     ("history.size", Kind::Int),
     ("history.ttl", Kind::Str),
@@ -141,6 +142,9 @@ pub struct Config {
     pub log: LogConfig,
     /// How long shutdown waits for connections to finish.
     pub shutdown_grace: String,
+    /// How long, after the signal, `/readyz` says "draining" while the
+    /// hub still serves, so a load balancer stops sending new clients.
+    pub shutdown_drain: String,
     /// History storage and retention.
     pub history: HistoryConfig,
     /// Hub core tunables.
@@ -158,6 +162,7 @@ impl Default for Config {
             data_dir: None,
             log: LogConfig::default(),
             shutdown_grace: "10s".into(),
+            shutdown_drain: "0s".into(),
             history: HistoryConfig::default(),
             hub: HubConfig::default(),
             mercure: MercureConfig::default(),
@@ -490,6 +495,8 @@ pub struct Settings {
     pub log_json: bool,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// Readiness drain before shutdown starts.
+    pub shutdown_drain: Duration,
     /// Durable history on disk (else memory).
     pub disk_history: bool,
     /// Retention per channel (namespaces may override the default).
@@ -752,6 +759,7 @@ impl Config {
             log_level: self.log.level.clone(),
             log_json: self.log.format == "json",
             shutdown_grace: duration("shutdown_grace", &self.shutdown_grace)?,
+            shutdown_drain: duration("shutdown_drain", &self.shutdown_drain)?,
             disk_history,
             retention: self.retention_policy()?,
             sweep_interval: duration("history.sweep_interval", &self.history.sweep_interval)?

@@ -19,8 +19,8 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::centrifugo::Node;
 use crate::hub::Hub;
@@ -30,6 +30,9 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
+
+/// Publications per history commit: 1 to 512 (`hub.max_batch`).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -41,12 +44,95 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(SECONDS_BUCKETS)
                 .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full("tidings_history_append_batch".into()),
+                    BATCH_BUCKETS,
+                )
+                .ok()?
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
+            describe();
             Some(handle)
         })
         .as_ref()
+}
+
+/// The `# HELP` lines.
+fn describe() {
+    describe_gauge!(
+        "tidings_connections",
+        "Open connections by protocol and transport."
+    );
+    describe_counter!(
+        "tidings_connections_opened_total",
+        "Connections accepted by protocol and transport."
+    );
+    describe_counter!(
+        "tidings_disconnects_total",
+        "Centrifugo connections closed by the server, by transport and disconnect code (3008: slow consumer)."
+    );
+    describe_gauge!(
+        "tidings_subscriptions",
+        "Live hub subscriptions (all protocols)."
+    );
+    describe_gauge!(
+        "tidings_channels",
+        "Channels with at least one exact subscriber."
+    );
+    describe_gauge!(
+        "tidings_centrifugo_clients",
+        "Connected Centrifugo clients on this node."
+    );
+    describe_gauge!("tidings_centrifugo_users", "Distinct users among them.");
+    describe_counter!(
+        "tidings_publications_total",
+        "Publications stored in history."
+    );
+    describe_counter!(
+        "tidings_deliveries_total",
+        "Publications queued to subscribers (one per subscriber reached)."
+    );
+    describe_counter!(
+        "tidings_delivery_drops_total",
+        "Publications not queued because a subscriber's queue was full; that subscriber is disconnected and resumes from history."
+    );
+    describe_counter!(
+        "tidings_slow_consumer_disconnects_total",
+        "Connections closed because their delivery queue overflowed."
+    );
+    describe_gauge!(
+        "tidings_delivery_queue_depth",
+        "Deliveries waiting in all connection queues."
+    );
+    describe_gauge!(
+        "tidings_delivery_queue_depth_max",
+        "Deliveries waiting in the fullest connection queue (hub.queue_capacity is the limit)."
+    );
+    describe_histogram!(
+        "tidings_history_append_seconds",
+        "Time of one history commit (a batch of publications)."
+    );
+    describe_histogram!(
+        "tidings_history_append_batch",
+        "Publications per history commit."
+    );
+    describe_counter!(
+        "tidings_auth_failures_total",
+        "Refused credentials by protocol (mercure, centrifugo, api) and reason."
+    );
+    describe_counter!(
+        "tidings_api_commands_total",
+        "Centrifugo server API commands by method and outcome."
+    );
+    describe_counter!(
+        "tidings_http_requests_total",
+        "HTTP requests by route, method and status."
+    );
+    describe_histogram!(
+        "tidings_http_request_seconds",
+        "Time to the response head by route and method (streams last longer)."
+    );
 }
 
 /// The Prometheus text exposition of every metric, with the hub's

@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::middleware;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
@@ -107,7 +107,10 @@ pub fn router(mercure: Arc<MercureState>, centrifugo: Arc<CentrifugoState>) -> R
         .route("/metrics", get(metrics))
         .with_state(centrifugo);
     with_layer(mercure, mercure_cors)
-        .merge(with_layer(connections, cors(&node.settings.allowed_origins)))
+        .merge(with_layer(
+            connections,
+            cors(&node.settings.allowed_origins),
+        ))
         .merge(api)
         .merge(operations)
         .layer(middleware::from_fn(crate::metrics::track_http))
@@ -122,7 +125,7 @@ fn with_layer(router: Router, layer: Option<CorsLayer>) -> Router {
 
 /// `GET /readyz`: 200 when the store answers and the hub is not draining.
 async fn readyz(State(state): State<Arc<CentrifugoState>>) -> Response {
-    if state.shutdown.is_cancelled() {
+    if state.draining.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down\n").into_response();
     }
     let probe = state.node.hub.history().last();
@@ -144,7 +147,10 @@ async fn readyz(State(state): State<Arc<CentrifugoState>>) -> Response {
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(state): State<Arc<CentrifugoState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         crate::metrics::render(&state.node.hub, &state.node),
     )
         .into_response()
@@ -219,9 +225,11 @@ pub async fn serve(
     let mercure = MercureState::new(hub.clone(), settings.mercure.clone(), shutdown.clone())
         .map_err(ServerError::Setup)?;
     let node = Node::new(hub.clone(), settings.centrifugo.clone()).map_err(ServerError::Setup)?;
+    let draining = CancellationToken::new();
     let centrifugo = Arc::new(CentrifugoState {
         node,
         shutdown: shutdown.clone(),
+        draining: draining.clone(),
     });
     crate::metrics::install();
     let app = router(mercure, centrifugo).into_make_service_with_connect_info::<SocketAddr>();
@@ -230,8 +238,14 @@ pub async fn serve(
 
     let stop = shutdown.clone();
     let grace = settings.shutdown_grace;
+    let drain = settings.shutdown_drain;
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         signal.await;
+        draining.cancel();
+        if !drain.is_zero() {
+            tracing::info!(?drain, "draining: /readyz reports 503, still serving");
+            tokio::time::sleep(drain).await;
+        }
         tracing::info!("shutting down: ending streams, finishing publishes");
         stop.cancel();
     });

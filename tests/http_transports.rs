@@ -273,7 +273,9 @@ async fn unidirectional_transports_push_without_commands() {
     let mut lines = post_stream(&hub, "/connection/uni_http_stream", connect.clone()).await;
     let first = lines.next().await;
     assert!(first["connect"]["subs"]["feed"].is_object(), "{first}");
-    assert!(first["connect"]["session"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(first["connect"]["session"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
     assert_eq!(first["connect"].get("pong"), None, "no pongs on uni");
 
     // uni_websocket: the connect request is the first message.
@@ -290,7 +292,10 @@ async fn unidirectional_transports_push_without_commands() {
 
     publish(&hub, "feed", json!({"k": 1})).await;
     let push = lines.next().await;
-    assert_eq!(push, json!({"channel": "feed", "pub": {"data": {"k": 1}, "offset": 1}}));
+    assert_eq!(
+        push,
+        json!({"channel": "feed", "pub": {"data": {"k": 1}, "offset": 1}})
+    );
     let push: Value = match ws.next().await.unwrap().unwrap() {
         Message::Text(t) => serde_json::from_str(&t).unwrap(),
         other => panic!("{other:?}"),
@@ -298,7 +303,9 @@ async fn unidirectional_transports_push_without_commands() {
     assert_eq!(push["pub"]["data"], json!({"k": 1}));
 
     // Frames after connect are ignored, not errors.
-    ws.send(Message::text("{\"id\":1,\"ping\":{}}")).await.unwrap();
+    ws.send(Message::text("{\"id\":1,\"ping\":{}}"))
+        .await
+        .unwrap();
     publish(&hub, "feed", json!({"k": 2})).await;
     let push: Value = match ws.next().await.unwrap().unwrap() {
         Message::Text(t) => serde_json::from_str(&t).unwrap(),
@@ -309,10 +316,8 @@ async fn unidirectional_transports_push_without_commands() {
 
 async fn uni_sse(hub: &Hub, user: &str, last_event_id: Option<&str>) -> Stream {
     let connect = json!({"token": conn_token(user, &["ticks", "other"])}).to_string();
-    let mut req = reqwest::Client::new().get(hub.url(&format!(
-        "/connection/uni_sse?cf_connect={}",
-        enc(&connect)
-    )));
+    let mut req = reqwest::Client::new()
+        .get(hub.url(&format!("/connection/uni_sse?cf_connect={}", enc(&connect))));
     if let Some(id) = last_event_id {
         req = req.header("last-event-id", id);
     }
@@ -346,7 +351,10 @@ async fn uni_sse_resumes_from_last_event_id_with_nothing_lost_or_repeated() {
     let last_id = last_id.unwrap();
     let mut events = uni_sse(&hub, "eve", Some(&last_id)).await;
     let connect: Value = serde_json::from_str(&events.next().await.data).unwrap();
-    assert_eq!(connect["connect"]["subs"]["ticks"]["recovered"], true, "{connect}");
+    assert_eq!(
+        connect["connect"]["subs"]["ticks"]["recovered"], true,
+        "{connect}"
+    );
     let mut got = Vec::new();
     for e in events.drain(Duration::from_millis(700)).await {
         let push: Value = serde_json::from_str(&e.data).unwrap();
@@ -392,11 +400,35 @@ async fn bad_input_on_http_transports_is_refused_and_hurts_no_one() {
     };
     use reqwest::Method;
     let cases: Vec<(&str, Method, &'static [u8], &str, u16)> = vec![
-        ("/emulation", Method::POST, b"not json", "application/json", 400),
-        ("/emulation", Method::POST, b"{\"session\":1}", "application/json", 400),
-        ("/emulation", Method::POST, b"\xff\xff\xff", "application/octet-stream", 400),
+        (
+            "/emulation",
+            Method::POST,
+            b"not json",
+            "application/json",
+            400,
+        ),
+        (
+            "/emulation",
+            Method::POST,
+            b"{\"session\":1}",
+            "application/json",
+            400,
+        ),
+        (
+            "/emulation",
+            Method::POST,
+            b"\xff\xff\xff",
+            "application/octet-stream",
+            400,
+        ),
         ("/emulation", Method::GET, b"", "", 405),
-        ("/connection/http_stream", Method::POST, b"", "application/json", 400),
+        (
+            "/connection/http_stream",
+            Method::POST,
+            b"",
+            "application/json",
+            400,
+        ),
         ("/connection/http_stream", Method::GET, b"", "", 405),
         ("/connection/sse", Method::GET, b"", "", 400),
     ];
@@ -437,7 +469,12 @@ async fn bad_input_on_http_transports_is_refused_and_hurts_no_one() {
     };
     let bad = post_stream(&hub, "/connection/http_stream", "{{{").await;
     expect_disconnect(bad, 3501, true).await;
-    let bad = post_stream(&hub, "/connection/http_stream", r#"{"id":1,"connect":{"token":"x.y.z"}}"#).await;
+    let bad = post_stream(
+        &hub,
+        "/connection/http_stream",
+        r#"{"id":1,"connect":{"token":"x.y.z"}}"#,
+    )
+    .await;
     expect_disconnect(bad, 3500, true).await;
     let bad = post_stream(&hub, "/connection/uni_http_stream", "[1,2]").await;
     expect_disconnect(bad, 3501, false).await;
@@ -449,7 +486,11 @@ async fn bad_input_on_http_transports_is_refused_and_hurts_no_one() {
     assert_eq!(emulate(&hub, &session, &node, "{oops").await, 204);
     let msg = victim.next().await;
     assert_eq!(msg["push"]["disconnect"]["code"], 3501, "{msg}");
-    assert_eq!(msg["push"]["disconnect"]["reconnect"], json!(null), "3501 is final");
+    assert_eq!(
+        msg["push"]["disconnect"]["reconnect"],
+        json!(null),
+        "3501 is final"
+    );
 
     publish(&hub, "calm", json!("last")).await;
     let mut got = 0;
@@ -470,7 +511,11 @@ async fn transports_can_be_disabled() {
         .await
         .unwrap();
     assert_eq!(res.status(), 404);
-    assert_eq!(emulate(&hub, "s", "n", "{}").await, 404, "no emulation either");
+    assert_eq!(
+        emulate(&hub, "s", "n", "{}").await,
+        404,
+        "no emulation either"
+    );
     let events = uni_sse(&hub, "u", None).await;
     assert_eq!(events.status, 200);
 }
@@ -507,7 +552,10 @@ async fn scrape(hub: &Hub) -> String {
 #[tokio::test]
 async fn metrics_move_by_exactly_what_happened() {
     let hub = start(&[]);
-    assert_eq!(reqwest::get(hub.url("/readyz")).await.unwrap().status(), 200);
+    assert_eq!(
+        reqwest::get(hub.url("/readyz")).await.unwrap().status(),
+        200
+    );
     let before = scrape(&hub).await;
     let connect = json!({"token": conn_token("m", &["metered"])}).to_string();
     let mut subs = Vec::new();
@@ -580,4 +628,25 @@ async fn metrics_move_by_exactly_what_happened() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(closed, "the connection gauge returns to zero");
+}
+
+#[tokio::test]
+async fn readiness_turns_off_while_draining_before_shutdown() {
+    let mut hub = start(&[("shutdown_drain", "2s")]);
+    let ready = async |hub: &Hub| {
+        let res = reqwest::get(hub.url("/readyz")).await.unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    };
+    assert_eq!(ready(&hub).await.0, 200);
+    hub.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = ready(&hub).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(
+        reqwest::get(hub.url("/healthz")).await.unwrap().status(),
+        200,
+        "still serving"
+    );
+    assert!(hub.stop(), "then it shuts down cleanly");
 }

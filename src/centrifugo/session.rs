@@ -300,7 +300,7 @@ impl Session {
         } else {
             match tokens::connection(&self.node.key, &req.token) {
                 Ok(t) => t,
-                    Err(TokenError::Expired) => {
+                Err(TokenError::Expired) => {
                     crate::metrics::auth_failure("centrifugo", "token expired");
                     return Ok(error_reply(id, errors::TOKEN_EXPIRED));
                 }
@@ -516,12 +516,15 @@ impl Session {
             },
         );
         let offset = if replay_as_events {
-            position.offset.max(publications.last().map_or(0, |p| p.offset))
+            position
+                .offset
+                .max(publications.last().map_or(0, |p| p.offset))
         } else {
             skip_upto
         };
         if replay_as_events {
-            self.replay.extend(publications.iter().filter(|p| !p.draft.private).cloned());
+            self.replay
+                .extend(publications.iter().filter(|p| !p.draft.private).cloned());
         }
         Ok(proto::SubscribeResult {
             recoverable: true,

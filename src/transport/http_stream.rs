@@ -114,8 +114,7 @@ async fn open(
         return refuse(StatusCode::FORBIDDEN, "origin not allowed");
     }
     let event_stream = transport == Transport::UniSse || transport == Transport::Sse;
-    let encoding = if !event_stream && is_protobuf(req.headers()) && !transport.unidirectional()
-    {
+    let encoding = if !event_stream && is_protobuf(req.headers()) && !transport.unidirectional() {
         Encoding::Protobuf
     } else {
         Encoding::Json
@@ -170,9 +169,7 @@ async fn open(
         (false, Encoding::Json) => "application/json",
         (false, Encoding::Protobuf) => "application/octet-stream",
     };
-    let body = Body::from_stream(
-        receiver_stream(rx).map(Ok::<Bytes, Infallible>),
-    );
+    let body = Body::from_stream(receiver_stream(rx).map(Ok::<Bytes, Infallible>));
     let mut response = Response::new(body);
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

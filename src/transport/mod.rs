@@ -22,8 +22,10 @@ use crate::centrifugo::Node;
 pub struct CentrifugoState {
     /// Sessions' shared state.
     pub node: Arc<Node>,
-    /// Server shutdown.
+    /// Server shutdown: connections end.
     pub shutdown: CancellationToken,
+    /// Shutdown is coming: `/readyz` answers 503 (fires before `shutdown`).
+    pub draining: CancellationToken,
 }
 
 /// True when a browser's `Origin` may open a Centrifugo connection (or post
@@ -60,4 +62,3 @@ pub struct ConnectQuery {
     /// The connect request, as JSON.
     pub cf_connect: Option<String>,
 }
-

@@ -46,7 +46,14 @@ pub async fn unidirectional(
     ws: WebSocketUpgrade,
 ) -> Response {
     let first = query.cf_connect.map(Bytes::from);
-    upgrade(state, connect_info, headers, ws, Transport::UniWebSocket, first)
+    upgrade(
+        state,
+        connect_info,
+        headers,
+        ws,
+        Transport::UniWebSocket,
+        first,
+    )
 }
 
 fn upgrade(

@@ -87,15 +87,20 @@ impl Hub {
         self.url("/.well-known/mercure")
     }
 
+    /// Sends SIGTERM without waiting for the exit.
+    pub fn terminate(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: sending SIGTERM to our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+    }
+
     /// SIGTERM and wait; returns whether it exited successfully.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return true;
-        };
-        // SAFETY: sending SIGTERM to our own child process.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let status = child.wait().unwrap();
-        status.success()
+        self.terminate();
+        self.child
+            .take()
+            .is_none_or(|mut child| child.wait().unwrap().success())
     }
 
     /// Graceful restart on the same address and data directory.

@@ -239,7 +239,10 @@ mod tests {
             &push_of_json_reply(&encoded).unwrap()[..],
             br#"{"channel":"chat","pub":{"data":{"a":1},"offset":3}}"#
         );
-        assert_eq!(push_of_json_reply(&encode(Encoding::Json, &Reply::default())), None);
+        assert_eq!(
+            push_of_json_reply(&encode(Encoding::Json, &Reply::default())),
+            None
+        );
     }
 
     #[test]

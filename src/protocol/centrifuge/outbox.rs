@@ -150,10 +150,7 @@ mod tests {
         let mut ws = Outbox::new(Encoding::Json, Framing::Frame);
         assert_eq!(ping_and_push(&mut ws), "{}\n{\"channel\":\"a\\nb\"}");
         let mut stream = Outbox::new(Encoding::Json, Framing::Stream);
-        assert_eq!(
-            ping_and_push(&mut stream),
-            "{}\n{\"channel\":\"a\\nb\"}\n"
-        );
+        assert_eq!(ping_and_push(&mut stream), "{}\n{\"channel\":\"a\\nb\"}\n");
         let mut sse = Outbox::new(Encoding::Json, Framing::EventStream);
         assert_eq!(
             ping_and_push(&mut sse),
