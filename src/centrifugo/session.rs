@@ -190,7 +190,6 @@ impl Session {
         }
         let reply = self.connect(0, req).await?;
         if let Some(e) = reply.error {
-            crate::metrics::auth_failure("centrifugo", "connect refused");
             return Err(close(match e.code {
                 c if c == errors::TOKEN_EXPIRED.0 => disconnect::EXPIRED,
                 c if c == errors::PERMISSION_DENIED.0 => disconnect::PERMISSION_DENIED,
@@ -294,6 +293,7 @@ impl Session {
         let s = &node.settings;
         let token = if req.token.is_empty() {
             if !s.anonymous {
+                crate::metrics::auth_failure("centrifugo", "missing token");
                 return Ok(error_reply(id, errors::UNAUTHORIZED));
             }
             tokens::ConnectionToken::default()

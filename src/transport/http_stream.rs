@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use super::{origin_allowed, CentrifugoState, ConnectQuery};
 use crate::centrifugo::connection::{self, Inbound, Start, Wire};
 use crate::centrifugo::{EmulationInbox, Transport};
+use crate::protocol::centrifuge::outbox::Framing;
 use crate::protocol::centrifuge::{resume, Encoding};
 
 /// Output batches buffered between the connection task and the socket.
@@ -113,7 +114,7 @@ async fn open(
     if !origin_allowed(req.headers(), &node.settings.allowed_origins) {
         return refuse(StatusCode::FORBIDDEN, "origin not allowed");
     }
-    let event_stream = transport == Transport::UniSse || transport == Transport::Sse;
+    let event_stream = transport.framing() == Framing::EventStream;
     let encoding = if !event_stream && is_protobuf(req.headers()) && !transport.unidirectional() {
         Encoding::Protobuf
     } else {
