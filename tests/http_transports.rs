@@ -20,16 +20,9 @@ const SECRET: &str = "http-transports-test-secret";
 const API_KEY: &str = "http-transports-test-api-key";
 
 fn start(extra: &[(&str, &str)]) -> Hub {
-    let mut args = vec![
-        ("centrifugo.token_key", SECRET),
-        ("centrifugo.api_key", API_KEY),
-        ("centrifugo.channel.allow_subscribe", "true"),
-        ("centrifugo.channel.allow_publish", "true"),
-        ("centrifugo.channel.allow_history", "true"),
-        ("centrifugo.max_frame", "4096"),
-    ];
+    let mut args = vec![("centrifugo.max_frame", "4096")];
     args.extend_from_slice(extra);
-    Hub::start(&args)
+    centrifugo_hub(SECRET, API_KEY, &args)
 }
 
 fn conn_token(user: &str, channels: &[&str]) -> String {

@@ -18,17 +18,7 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn start(extra: &[(&str, &str)]) -> Hub {
-    let mut args = vec![
-        ("centrifugo.token_key", SECRET),
-        ("centrifugo.api_key", API_KEY),
-        ("centrifugo.channel.allow_subscribe", "true"),
-        ("centrifugo.channel.allow_publish", "true"),
-        ("centrifugo.channel.allow_history", "true"),
-        ("centrifugo.channel.allow_presence", "true"),
-        ("centrifugo.channel.presence", "true"),
-    ];
-    args.extend_from_slice(extra);
-    Hub::start(&args)
+    centrifugo_hub(SECRET, API_KEY, extra)
 }
 
 fn conn_token(user: &str, exp_in: i64) -> String {

@@ -8,21 +8,12 @@ import assert from "node:assert/strict";
 import WebSocket from "ws";
 import { Centrifuge } from "centrifuge";
 import { EventSource } from "eventsource";
-import { Hub, Proxy, freePort, waitFor, jwt, nowSecs, centPublish } from "./lib/harness.mjs";
+import { Proxy, waitFor, jwt, nowSecs, centPublish, startCentrifugoHub } from "./lib/harness.mjs";
 
 const SECRET = "centrifuge-js-test-secret";
 const API_KEY = "centrifuge-js-test-api-key";
 
-async function startHub() {
-  const hub = new Hub(await freePort(), {
-    TIDINGS_CENTRIFUGO_TOKEN_KEY: SECRET,
-    TIDINGS_CENTRIFUGO_API_KEY: API_KEY,
-    TIDINGS_CENTRIFUGO_PING_INTERVAL: "2s",
-  });
-  hub.args = ["--config", new URL("./tidings.toml", import.meta.url).pathname];
-  await hub.start();
-  return hub;
-}
+const startHub = () => startCentrifugoHub(SECRET, API_KEY);
 
 async function api(hub, method, params) {
   const res = await fetch(hub.url(`/api/${method}`), {

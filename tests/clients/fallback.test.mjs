@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import WebSocket from "ws";
 import { Centrifuge } from "centrifuge";
 import { EventSource } from "eventsource";
-import { Hub, Proxy, freePort, waitFor, jwt, nowSecs, centPublish } from "./lib/harness.mjs";
+import { Proxy, waitFor, jwt, nowSecs, centPublish, startCentrifugoHub } from "./lib/harness.mjs";
 
 const SECRET = "fallback-test-secret";
 const API_KEY = "fallback-test-api-key";
@@ -22,13 +22,7 @@ after(async () => {
 });
 
 async function startHub() {
-  const hub = new Hub(await freePort(), {
-    TIDINGS_CENTRIFUGO_TOKEN_KEY: SECRET,
-    TIDINGS_CENTRIFUGO_API_KEY: API_KEY,
-    TIDINGS_CENTRIFUGO_PING_INTERVAL: "2s",
-  });
-  hub.args = ["--config", new URL("./tidings.toml", import.meta.url).pathname];
-  await hub.start();
+  const hub = await startCentrifugoHub(SECRET, API_KEY);
   cleanup.push(async () => {
     await hub.stop().catch(() => {});
     hub.cleanup();

@@ -120,6 +120,23 @@ impl Drop for Hub {
     }
 }
 
+/// A hub whose Centrifugo side is open for tests: `secret` verifies
+/// connection tokens, `api_key` opens the server API, and channels without a
+/// namespace allow subscribe, publish, history and presence.
+pub fn centrifugo_hub(secret: &str, api_key: &str, extra: &[(&str, &str)]) -> Hub {
+    let mut args = vec![
+        ("centrifugo.token_key", secret),
+        ("centrifugo.api_key", api_key),
+        ("centrifugo.channel.allow_subscribe", "true"),
+        ("centrifugo.channel.allow_publish", "true"),
+        ("centrifugo.channel.allow_history", "true"),
+        ("centrifugo.channel.allow_presence", "true"),
+        ("centrifugo.channel.presence", "true"),
+    ];
+    args.extend_from_slice(extra);
+    Hub::start(&args)
+}
+
 /// Claims for a draft access token for `hub` granting `details`.
 pub fn claims(hub: &Hub, details: Value, exp_in: i64) -> Value {
     let now = std::time::SystemTime::now()

@@ -54,6 +54,19 @@ export class Hub {
   }
 }
 
+// A hub for the Centrifugo SDK tests: token key, API key, fast pings, and the
+// shared `chat` namespace of tests/clients/tidings.toml.
+export async function startCentrifugoHub(secret, apiKey) {
+  const hub = new Hub(await freePort(), {
+    TIDINGS_CENTRIFUGO_TOKEN_KEY: secret,
+    TIDINGS_CENTRIFUGO_API_KEY: apiKey,
+    TIDINGS_CENTRIFUGO_PING_INTERVAL: "2s",
+  });
+  hub.args = ["--config", new URL("../tidings.toml", import.meta.url).pathname];
+  await hub.start();
+  return hub;
+}
+
 // Forwards connections; `cut()` drops them and refuses new ones until `resume()`.
 // With `refuseWebSocket`, it behaves like a corporate proxy that passes HTTP
 // but answers every WebSocket upgrade with 403.
