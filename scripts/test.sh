@@ -24,7 +24,16 @@ fi
 tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
 export TIDINGS_PYTHON="$PWD/tests/clients/.venv/bin/python"
 
-# npm clients (eventsource, centrifuge, ws) from the lock file.
+# Chromium for the browser tests (Debian's package; browsers cannot be
+# downloaded any other way here).
+if [ ! -x /usr/bin/chromium ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+
+# npm clients (eventsource, centrifuge, ws, playwright-core) from the lock file.
 (cd tests/clients && npm ci --no-audit --no-fund --loglevel=error)
 node --test tests/clients/
 (cd tests/clients && "$TIDINGS_PYTHON" -m unittest -v test_python_clients)

@@ -72,6 +72,8 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("log.format", Kind::Str),
     ("shutdown_grace", Kind::Str),
     ("shutdown_drain", Kind::Str),
+    ("demo", Kind::Bool),
+    ("admin.password", Kind::Str),
     ("history.engine", Kind::Str),
     ("history.size", Kind::Int),
     ("history.ttl", Kind::Str),
@@ -145,6 +147,11 @@ pub struct Config {
     /// How long, after the signal, `/readyz` says "draining" while the
     /// hub still serves, so a load balancer stops sending new clients.
     pub shutdown_drain: String,
+    /// Run the demo page's ticker and its `demo` namespace (default: on
+    /// when both protocols use the development keys, i.e. zero config).
+    pub demo: Option<bool>,
+    /// The admin dashboard.
+    pub admin: AdminConfig,
     /// History storage and retention.
     pub history: HistoryConfig,
     /// Hub core tunables.
@@ -155,6 +162,14 @@ pub struct Config {
     pub centrifugo: CentrifugoConfig,
 }
 
+/// `[admin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Password of `/admin` (the dashboard is off when unset).
+    pub password: Option<String>,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -163,6 +178,8 @@ impl Default for Config {
             log: LogConfig::default(),
             shutdown_grace: "10s".into(),
             shutdown_drain: "0s".into(),
+            demo: None,
+            admin: AdminConfig::default(),
             history: HistoryConfig::default(),
             hub: HubConfig::default(),
             mercure: MercureConfig::default(),
@@ -482,6 +499,25 @@ fn set(table: &mut toml::Table, dotted: &str, value: toml::Value) {
     t.insert(last.to_owned(), value);
 }
 
+/// The namespace of the demo page's channels (`demo:ticker`, `demo:chat`).
+pub const DEMO_NAMESPACE: &str = "demo";
+
+/// What the demo page needs of its namespace, unless configured otherwise:
+/// open to connected users, with presence, join/leave and history.
+fn demo_namespace() -> Namespace {
+    Namespace {
+        name: DEMO_NAMESPACE.into(),
+        allow_subscribe: true,
+        allow_publish: true,
+        allow_presence: true,
+        allow_history: true,
+        presence: true,
+        join_leave: true,
+        force_recovery: true,
+        ..Namespace::default()
+    }
+}
+
 /// The validated settings the server runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -497,6 +533,10 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Readiness drain before shutdown starts.
     pub shutdown_drain: Duration,
+    /// The demo ticker runs and the `demo` namespace exists.
+    pub demo: bool,
+    /// The admin dashboard's password (None: dashboard off).
+    pub admin_password: Option<String>,
     /// Durable history on disk (else memory).
     pub disk_history: bool,
     /// Retention per channel (namespaces may override the default).
@@ -751,9 +791,24 @@ impl Config {
         if issuer.is_empty() {
             return Err(invalid("mercure.issuer", "must not be empty"));
         }
-        let centrifugo = self.validate_centrifugo(listen)?;
+        let mut centrifugo = self.validate_centrifugo(listen)?;
+        let demo = self.demo.unwrap_or(dev_key && centrifugo.dev_key);
+        if demo {
+            centrifugo
+                .namespaces
+                .entry(DEMO_NAMESPACE.into())
+                .or_insert_with(demo_namespace);
+        }
+        if self.admin.password.as_deref() == Some("") {
+            return Err(invalid(
+                "admin.password",
+                "must not be empty (leave it unset to turn the dashboard off)",
+            ));
+        }
         Ok(Settings {
             centrifugo,
+            demo,
+            admin_password: self.admin.password.clone(),
             listen,
             data_dir: self.data_dir.clone().unwrap_or_else(default_data_dir),
             log_level: self.log.level.clone(),

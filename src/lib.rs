@@ -31,6 +31,7 @@
 //! - [`config`]: file + env + flags, validated once.
 //! - [`server`]: routing, start and graceful shutdown, `/readyz`.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
+//! - [`web`], [`demo`]: the demo page and admin dashboard, the demo ticker.
 //! - [`cli`]: the `publish`, `subscribe` and `token` subcommands.
 
 pub mod api;
@@ -38,9 +39,11 @@ pub mod auth;
 pub mod centrifugo;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod transport;
+pub mod web;

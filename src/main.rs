@@ -52,6 +52,10 @@ enum Command {
         /// Log format: text or json (`log.format`).
         #[arg(long)]
         log_format: Option<String>,
+        /// Run the demo ticker and namespace (`demo`; on by default with
+        /// the development keys).
+        #[arg(long)]
+        demo: bool,
     },
     /// Publish an update.
     Publish {
@@ -185,10 +189,12 @@ async fn main() -> Result<()> {
             history,
             log_level,
             log_format,
+            demo,
         } => {
             let s = settings(
                 &config,
                 &[
+                    ("demo", demo.then(|| "true".to_owned())),
                     ("listen", listen),
                     ("data_dir", data_dir),
                     ("history.engine", history),

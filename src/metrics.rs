@@ -13,8 +13,11 @@
 //!
 //! Every name is listed with its meaning in docs/operations.md.
 
+use std::collections::VecDeque;
 use std::sync::OnceLock;
 use std::time::Instant;
+
+use parking_lot::Mutex;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
@@ -182,15 +185,50 @@ impl Drop for OpenConnection {
 }
 
 /// Records a Centrifugo disconnect by code (3008 is a slow consumer).
-pub fn disconnect(transport: &'static str, code: u16) {
+pub fn disconnect(transport: &'static str, code: u16, reason: &str) {
     counter!("tidings_disconnects_total", "transport" => transport, "code" => code.to_string())
         .increment(1);
+    remember("disconnect", format!("{transport}: {code} {reason}"));
 }
 
 /// Records a refused credential.
 pub fn auth_failure(protocol: &'static str, reason: &'static str) {
     counter!("tidings_auth_failures_total", "protocol" => protocol, "reason" => reason)
         .increment(1);
+    remember("auth failure", format!("{protocol}: {reason}"));
+}
+
+/// How many recent events the admin dashboard can show.
+const RECENT: usize = 100;
+
+/// Something worth an operator's glance: a disconnect, a refused credential.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecentEvent {
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// `disconnect` or `auth failure`.
+    pub kind: &'static str,
+    /// Transport or protocol, code and reason.
+    pub detail: String,
+}
+
+static RECENT_EVENTS: Mutex<VecDeque<RecentEvent>> = Mutex::new(VecDeque::new());
+
+fn remember(kind: &'static str, detail: String) {
+    let mut events = RECENT_EVENTS.lock();
+    if events.len() == RECENT {
+        events.pop_front();
+    }
+    events.push_back(RecentEvent {
+        time_ms: crate::hub::publication::now_ms(),
+        kind,
+        detail,
+    });
+}
+
+/// The latest disconnects and auth failures, newest first.
+pub fn recent_events() -> Vec<RecentEvent> {
+    RECENT_EVENTS.lock().iter().rev().cloned().collect()
 }
 
 /// Records a Centrifugo server API command and its outcome.

@@ -19,12 +19,14 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::api::admin::AdminState;
 use crate::api::mercure::{self, MercureState};
 use crate::centrifugo::Node;
 use crate::config::Settings;
 use crate::history::{disk::DiskHistory, memory::MemoryHistory, History};
 use crate::hub::Hub;
 use crate::transport::{emulation, http_stream, websocket, CentrifugoState};
+use crate::web;
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +65,12 @@ pub fn open_history(settings: &Settings) -> Result<Arc<dyn History>, ServerError
 /// Builds the router for a hub: the Mercure endpoints, the Centrifugo
 /// connection endpoints and server API, health, readiness, metrics and the
 /// index page.
-pub fn router(mercure: Arc<MercureState>, centrifugo: Arc<CentrifugoState>) -> Router {
+pub fn router(
+    mercure: Arc<MercureState>,
+    centrifugo: Arc<CentrifugoState>,
+    admin: Arc<AdminState>,
+    demo: bool,
+) -> Router {
     let hub_path = mercure.hub_path().to_owned();
     let mercure_cors = cors(&mercure.settings().cors_origins);
     let mercure = Router::new()
@@ -101,11 +108,23 @@ pub fn router(mercure: Arc<MercureState>, centrifugo: Arc<CentrifugoState>) -> R
         .route("/api/{method}", post(crate::api::centrifugo::handle))
         .with_state(node.clone());
     let operations = Router::new()
-        .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(centrifugo);
+    let mut pages = Router::new()
+        .route("/", get(web::index))
+        .route("/assets/{name}", get(web::asset));
+    if demo {
+        pages = pages.route(
+            "/demo/session",
+            get(crate::demo::session).with_state(node.clone()),
+        );
+    }
+    let dashboard = Router::new()
+        .route("/admin", get(admin_page))
+        .route("/admin/api/{method}", post(crate::api::admin::handle))
+        .with_state(admin);
     with_layer(mercure, mercure_cors)
         .merge(with_layer(
             connections,
@@ -113,6 +132,8 @@ pub fn router(mercure: Arc<MercureState>, centrifugo: Arc<CentrifugoState>) -> R
         ))
         .merge(api)
         .merge(operations)
+        .merge(pages)
+        .merge(dashboard)
         .layer(middleware::from_fn(crate::metrics::track_http))
 }
 
@@ -199,8 +220,16 @@ async fn mercure_entry(state: State<Arc<MercureState>>, req: Request) -> Respons
     }
 }
 
-async fn index() -> Html<&'static str> {
-    Html(include_str!("web/index.html"))
+/// `GET /admin`: the dashboard, when a password is configured.
+async fn admin_page(State(admin): State<Arc<AdminState>>) -> Response {
+    match admin.password {
+        Some(_) => Html(web::ADMIN).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "the admin dashboard is off: set admin.password to turn it on\n",
+        )
+            .into_response(),
+    }
 }
 
 /// Runs the hub until `signal` resolves, then shuts down gracefully.
@@ -232,7 +261,15 @@ pub async fn serve(
         draining: draining.clone(),
     });
     crate::metrics::install();
-    let app = router(mercure, centrifugo).into_make_service_with_connect_info::<SocketAddr>();
+    let admin = Arc::new(AdminState {
+        node: centrifugo.node.clone(),
+        password: settings.admin_password.clone(),
+    });
+    if settings.demo {
+        tokio::spawn(crate::demo::run_ticker(hub.clone(), shutdown.clone()));
+    }
+    let app = router(mercure, centrifugo, admin, settings.demo)
+        .into_make_service_with_connect_info::<SocketAddr>();
     on_bound(addr);
     tracing::info!(%addr, hub = %settings.mercure.hub_url, disk = settings.disk_history, "listening");
 

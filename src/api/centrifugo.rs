@@ -39,14 +39,17 @@ fn authorized(node: &Node, headers: &HeaderMap) -> bool {
                 .eq_ignore_ascii_case("apikey")
                 .then(|| key.trim().to_owned())
         });
-    // Constant-time comparison: the key is a shared secret.
-    given.is_some_and(|g| {
-        g.len() == expected.len()
-            && g.bytes()
-                .zip(expected.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    })
+    given.is_some_and(|g| secret_eq(&g, expected))
+}
+
+/// Compares secrets in constant time (for equal lengths).
+pub(crate) fn secret_eq(given: &str, expected: &str) -> bool {
+    given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// `POST /api/{method}`.
@@ -65,10 +68,15 @@ pub async fn handle(
         crate::metrics::auth_failure("api", "invalid api key");
         return (StatusCode::UNAUTHORIZED, msg).into_response();
     }
+    respond(&node, &method, &body).await
+}
+
+/// Runs an authorized API request (also for the admin dashboard).
+pub(crate) async fn respond(node: &Node, method: &str, body: &Bytes) -> Response {
     let params: Value = if body.is_empty() {
         json!({})
     } else {
-        match serde_json::from_slice(&body) {
+        match serde_json::from_slice(body) {
             Ok(v @ Value::Object(_)) => v,
             _ => {
                 return (StatusCode::BAD_REQUEST, "the body must be a JSON object\n")
@@ -77,16 +85,16 @@ pub async fn handle(
         }
     };
     if method == "batch" {
-        return axum::Json(batch(&node, params).await).into_response();
+        return axum::Json(batch(node, params).await).into_response();
     }
-    if !METHODS.contains(&method.as_str()) {
+    if !METHODS.contains(&method) {
         return (
             StatusCode::NOT_FOUND,
             format!("unknown API method {method:?}\n"),
         )
             .into_response();
     }
-    axum::Json(envelope(call(&node, &method, params).await)).into_response()
+    axum::Json(envelope(call(node, method, params).await)).into_response()
 }
 
 const METHODS: &[&str] = &[

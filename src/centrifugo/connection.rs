@@ -175,7 +175,7 @@ async fn drive<W: Wire>(
         Ok(()) => tracing::debug!("client went away"),
         Err((code, reason)) => {
             tracing::debug!(code, %reason, "disconnecting");
-            crate::metrics::disconnect(transport.name(), code);
+            crate::metrics::disconnect(transport.name(), code, &reason);
             wire.close(code, &reason).await;
         }
     }
