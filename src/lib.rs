@@ -36,6 +36,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod centrifugo;
 pub mod cli;
 pub mod config;

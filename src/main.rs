@@ -1,4 +1,4 @@
-//! The `tidings` binary: `serve`, `publish`, `subscribe`, `token`.
+//! The `tidings` binary: `serve`, `publish`, `subscribe`, `token`, `bench`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use tidings::config::{self, Settings};
 #[command(
     name = "tidings",
     version,
-    about = "A real-time hub: Mercure over Server-Sent Events"
+    about = "A real-time hub: Mercure over Server-Sent Events, Centrifugo over WebSocket"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,8 +31,85 @@ struct ConfigArgs {
     set: Vec<String>,
 }
 
+/// `tidings bench`.
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// tidings-sse, tidings-ws, nchan-sse, nchan-ws, or custom (--sub-url, --pub-url).
+    #[arg(long, default_value = "tidings-sse")]
+    target: String,
+    /// Base URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    url: String,
+    /// custom: subscriber URL template with `{channel}` (ws:// for WebSocket).
+    #[arg(long)]
+    sub_url: Option<String>,
+    /// custom: publish URL template with `{channel}`.
+    #[arg(long)]
+    pub_url: Option<String>,
+    /// custom: publish body template (`{channel}`, `{payload}`, `{payload_form}`).
+    #[arg(long, default_value = "{payload}")]
+    pub_body: String,
+    /// custom: publish header `Name: value` (repeatable).
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// Scenario name for the report.
+    #[arg(long, default_value = "fanout")]
+    scenario: String,
+    /// Channels.
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
+    /// Subscribers per channel.
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
+    /// Publications per second over all channels (0: connect only).
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// How long each step publishes.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Ramp: multiply the rate by this after each good step.
+    #[arg(long)]
+    ramp: Option<f64>,
+    /// Ramp: a good step keeps p99 under this (and loses nothing).
+    #[arg(long, default_value = "50ms")]
+    ramp_p99: String,
+    /// Ramp: most steps.
+    #[arg(long, default_value_t = 8)]
+    ramp_steps: usize,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Server process id, for CPU and memory (repeatable).
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write an SVG chart here.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Allow a target that is not on a loopback address.
+    #[arg(long)]
+    allow_remote: bool,
+    /// Instead of running: print the Markdown side-by-side of two JSON
+    /// reports (ours, then the peer's).
+    #[arg(long, num_args = 2, value_names = ["OURS", "PEER"])]
+    compare: Option<Vec<PathBuf>>,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Measure a server (tidings or any SSE/WebSocket server): connections,
+    /// deliveries, loss, latency, CPU and memory.
+    Bench(Box<BenchArgs>),
     /// Run the hub.
     Serve {
         #[command(flatten)]
@@ -169,6 +246,103 @@ fn init_logs(level: &str, json: bool) {
     }
 }
 
+async fn bench(args: BenchArgs) -> Result<()> {
+    use tidings::bench::{self, report, Scenario, Target, Wire};
+    let p99 = humantime::parse_duration(&args.ramp_p99).context("--ramp-p99")?;
+    if let Some(files) = &args.compare {
+        let read = |p: &PathBuf| -> Result<bench::Report> {
+            let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{}", p.display()))
+        };
+        let (ours, peer) = (read(&files[0])?, read(&files[1])?);
+        print!("{}", report::side_by_side(&ours, &peer, p99.as_secs_f64() * 1000.0));
+        return Ok(());
+    }
+    let base = args.url.trim_end_matches('/');
+    let host = url::Url::parse(base).context("--url")?;
+    let loopback = match host.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    if !loopback && !args.allow_remote {
+        bail!("{base} is not a loopback address; pass --allow-remote to load another machine");
+    }
+    let mut target = match args.target.as_str() {
+        "tidings-sse" | "tidings-ws" => {
+            // Tokens name the hub they are for: the one at --url.
+            let hub_url = format!("{base}/.well-known/mercure");
+            let s = settings(&args.config, &[("mercure.hub_url", Some(hub_url))])?;
+            let publisher =
+                cli::mint_token(&s.mercure, &s.mercure.publisher_key, s.mercure.algorithm, &all_topics())?;
+            if args.target == "tidings-sse" {
+                Target::tidings_sse(base, &publisher)
+            } else {
+                let c = &s.centrifugo;
+                let token = tidings::auth::jwt::mint(
+                    &serde_json::json!({"sub": "bench"}),
+                    &c.token_key,
+                    c.token_algorithm,
+                    false,
+                )
+                .map_err(anyhow::Error::msg)?;
+                let api_key = c.api_key.clone().context(
+                    "tidings-ws publishes through the server API: set centrifugo.api_key (--set or TIDINGS_CENTRIFUGO_API_KEY) as on the hub",
+                )?;
+                Target::tidings_ws(base, &token, &api_key)
+            }
+        }
+        "nchan-sse" => Target::nchan(base, Wire::Sse),
+        "nchan-ws" => Target::nchan(base, Wire::WebSocket),
+        "custom" => {
+            let sub = args.sub_url.clone().context("custom needs --sub-url")?;
+            let publish = args.pub_url.clone().context("custom needs --pub-url")?;
+            let mut headers = Vec::new();
+            for h in &args.headers {
+                let (k, v) = h.split_once(':').with_context(|| format!("--header {h:?}"))?;
+                headers.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+            let ws = sub.starts_with("ws");
+            Target {
+                name: "custom".into(),
+                wire: if ws { Wire::WebSocket } else { Wire::Sse },
+                subscribe: if ws {
+                    tidings::bench::client::Subscribe::WebSocket { url: sub, init: Vec::new(), ready_replies: 0, pong: false }
+                } else {
+                    tidings::bench::client::Subscribe::Sse { url: sub, headers: Vec::new() }
+                },
+                publish: tidings::bench::client::Publish { url: publish, body: args.pub_body.clone(), headers },
+                pids: Vec::new(),
+            }
+        }
+        other => bail!("unknown --target {other:?}"),
+    };
+    target.pids = args.pids.clone();
+    let scenario = Scenario {
+        name: args.scenario.clone(),
+        channels: args.channels,
+        subscribers: args.subscribers,
+        rate: args.rate,
+        payload: args.payload,
+        duration: humantime::parse_duration(&args.duration).context("--duration")?,
+        ramp_factor: args.ramp.filter(|f| *f > 1.0),
+        ramp_p99: p99,
+        ramp_steps: if args.ramp.is_some() { args.ramp_steps } else { 1 },
+        publishers: args.publishers,
+    };
+    let report = bench::run(&target, &scenario, !args.quiet).await?;
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("{}", path.display()))?;
+    }
+    if let Some(path) = &args.chart {
+        report::chart(std::slice::from_ref(&report), path).map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
 fn all_topics() -> TokenRequest {
     TokenRequest {
         publish: vec!["*".into()],
@@ -291,6 +465,7 @@ async fn main() -> Result<()> {
             )
             .await?;
         }
+        Command::Bench(args) => bench(*args).await?,
         Command::Token {
             config,
             publish,

@@ -26,6 +26,10 @@ use crate::centrifugo::connection::{self, Inbound, Start, Wire};
 use crate::centrifugo::Transport;
 use crate::protocol::centrifuge::Encoding;
 
+/// Initial read buffer of a WebSocket: most client frames are small
+/// commands; larger ones grow it up to `centrifugo.max_frame`.
+const READ_BUFFER: usize = 4096;
+
 /// `GET /connection/websocket`.
 pub async fn bidirectional(
     state: State<Arc<CentrifugoState>>,
@@ -74,8 +78,12 @@ fn upgrade(
         )
             .into_response();
     }
+    // Small buffers: an idle connection should cost kilobytes, not the
+    // library's 128 KiB default read buffer (docs/decisions.md).
     let ws = ws
         .protocols(["centrifuge-protobuf", "centrifuge-json"])
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(state.node.settings.max_frame)
         .max_frame_size(state.node.settings.max_frame);
     let encoding = match ws.selected_protocol().map(|p| p.as_bytes()) {
