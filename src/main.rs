@@ -255,7 +255,13 @@ async fn bench(args: BenchArgs) -> Result<()> {
             serde_json::from_str(&text).with_context(|| format!("{}", p.display()))
         };
         let (ours, peer) = (read(&files[0])?, read(&files[1])?);
-        print!("{}", report::side_by_side(&ours, &peer, p99.as_secs_f64() * 1000.0));
+        print!(
+            "{}",
+            report::side_by_side(&ours, &peer, p99.as_secs_f64() * 1000.0)
+        );
+        if let Some(path) = &args.chart {
+            report::chart(&[ours, peer], path).map_err(anyhow::Error::msg)?;
+        }
         return Ok(());
     }
     let base = args.url.trim_end_matches('/');
@@ -274,8 +280,12 @@ async fn bench(args: BenchArgs) -> Result<()> {
             // Tokens name the hub they are for: the one at --url.
             let hub_url = format!("{base}/.well-known/mercure");
             let s = settings(&args.config, &[("mercure.hub_url", Some(hub_url))])?;
-            let publisher =
-                cli::mint_token(&s.mercure, &s.mercure.publisher_key, s.mercure.algorithm, &all_topics())?;
+            let publisher = cli::mint_token(
+                &s.mercure,
+                &s.mercure.publisher_key,
+                s.mercure.algorithm,
+                &all_topics(),
+            )?;
             if args.target == "tidings-sse" {
                 Target::tidings_sse(base, &publisher)
             } else {
@@ -300,7 +310,9 @@ async fn bench(args: BenchArgs) -> Result<()> {
             let publish = args.pub_url.clone().context("custom needs --pub-url")?;
             let mut headers = Vec::new();
             for h in &args.headers {
-                let (k, v) = h.split_once(':').with_context(|| format!("--header {h:?}"))?;
+                let (k, v) = h
+                    .split_once(':')
+                    .with_context(|| format!("--header {h:?}"))?;
                 headers.push((k.trim().to_owned(), v.trim().to_owned()));
             }
             let ws = sub.starts_with("ws");
@@ -308,11 +320,23 @@ async fn bench(args: BenchArgs) -> Result<()> {
                 name: "custom".into(),
                 wire: if ws { Wire::WebSocket } else { Wire::Sse },
                 subscribe: if ws {
-                    tidings::bench::client::Subscribe::WebSocket { url: sub, init: Vec::new(), ready_replies: 0, pong: false }
+                    tidings::bench::client::Subscribe::WebSocket {
+                        url: sub,
+                        init: Vec::new(),
+                        ready_replies: 0,
+                        pong: false,
+                    }
                 } else {
-                    tidings::bench::client::Subscribe::Sse { url: sub, headers: Vec::new() }
+                    tidings::bench::client::Subscribe::Sse {
+                        url: sub,
+                        headers: Vec::new(),
+                    }
                 },
-                publish: tidings::bench::client::Publish { url: publish, body: args.pub_body.clone(), headers },
+                publish: tidings::bench::client::Publish {
+                    url: publish,
+                    body: args.pub_body.clone(),
+                    headers,
+                },
                 pids: Vec::new(),
             }
         }
@@ -328,7 +352,11 @@ async fn bench(args: BenchArgs) -> Result<()> {
         duration: humantime::parse_duration(&args.duration).context("--duration")?,
         ramp_factor: args.ramp.filter(|f| *f > 1.0),
         ramp_p99: p99,
-        ramp_steps: if args.ramp.is_some() { args.ramp_steps } else { 1 },
+        ramp_steps: if args.ramp.is_some() {
+            args.ramp_steps
+        } else {
+            1
+        },
         publishers: args.publishers,
     };
     let report = bench::run(&target, &scenario, !args.quiet).await?;

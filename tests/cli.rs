@@ -144,3 +144,70 @@ fn a_bad_configuration_stops_the_hub_with_a_clear_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("anonymus"));
 }
+
+#[tokio::test]
+async fn bench_measures_a_hub_over_both_wires() {
+    let hub = centrifugo_hub("bench-secret", "bench-api-key", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    for (target, extra) in [
+        ("tidings-sse", vec![]),
+        (
+            "tidings-ws",
+            vec![
+                "--set",
+                "centrifugo.token_key=bench-secret",
+                "--set",
+                "centrifugo.api_key=bench-api-key",
+            ],
+        ),
+    ] {
+        let json = dir.path().join(format!("{target}.json"));
+        let url = format!("http://{}", hub.addr);
+        let mut args = vec![
+            "bench",
+            "--quiet",
+            "--target",
+            target,
+            "--url",
+            &url,
+            "--channels",
+            "2",
+            "--subscribers",
+            "3",
+            "--rate",
+            "40",
+            "--duration",
+            "1s",
+        ];
+        args.extend(extra);
+        args.extend(["--json", json.to_str().unwrap()]);
+        let out = tidings(&hub, &args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(report["connections"], 6, "{report}");
+        let step = &report["steps"][0];
+        // 40 publications over 2 channels, 3 subscribers each: 120 deliveries.
+        assert_eq!(step["published"], 40, "{target}: {step}");
+        assert_eq!(step["expected"], 120, "{target}: {step}");
+        assert_eq!(step["received"], 120, "{target}: {step}");
+        assert_eq!(
+            (step["lost"].as_u64(), step["duplicates"].as_u64()),
+            (Some(0), Some(0))
+        );
+        assert!(step["latency_p50_ms"].as_f64().unwrap() > 0.0);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("deliv/s"),
+            "a human table"
+        );
+    }
+    let out = tidings(&hub, &["bench", "--url", "http://192.0.2.1:80"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "non-loopback targets are refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
+}

@@ -115,14 +115,14 @@ pub fn scan(chunk: &[u8], mut found: impl FnMut(u64, u64)) {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 fn number(bytes: &[u8]) -> (u64, usize) {
     let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
-    let value = bytes[..digits]
-        .iter()
-        .fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0')));
+    let value = bytes[..digits].iter().fold(0u64, |n, d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    });
     (value, digits)
 }
 

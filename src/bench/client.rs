@@ -106,7 +106,9 @@ pub async fn subscribe(how: &Subscribe, stop: CancellationToken) -> Result<Subsc
     let received = Arc::new(Mutex::new(Received::default()));
     match how {
         Subscribe::Sse { url, headers } => {
-            let uri: hyper::Uri = url.parse().map_err(|e| BenchError::Target(format!("{url}: {e}")))?;
+            let uri: hyper::Uri = url
+                .parse()
+                .map_err(|e| BenchError::Target(format!("{url}: {e}")))?;
             let mut sender = dial(&uri).await?;
             let mut req = hyper::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
                 .header("host", uri.authority().map_or("", |a| a.as_str()))
@@ -150,11 +152,18 @@ pub async fn subscribe(how: &Subscribe, stop: CancellationToken) -> Result<Subsc
             ready_replies,
             pong,
         } => {
-            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-                .await
-                .map_err(|e| BenchError::Target(format!("{url}: {e}")))?;
+            // Small buffers: ten thousand idle clients must fit beside the server.
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(4096)
+                .write_buffer_size(0);
+            let (mut ws, _) =
+                tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
+                    .await
+                    .map_err(|e| BenchError::Target(format!("{url}: {e}")))?;
             for m in init {
-                ws.send(Message::text(m.clone())).await.map_err(|e| BenchError::Target(e.to_string()))?;
+                ws.send(Message::text(m.clone()))
+                    .await
+                    .map_err(|e| BenchError::Target(e.to_string()))?;
             }
             let mut replies = 0;
             while replies < *ready_replies {
@@ -166,7 +175,11 @@ pub async fn subscribe(how: &Subscribe, stop: CancellationToken) -> Result<Subsc
                         replies += t.lines().filter(|l| l.contains("\"id\"")).count();
                     }
                     Some(Ok(_)) => {}
-                    _ => return Err(BenchError::Target(format!("{url}: closed while subscribing"))),
+                    _ => {
+                        return Err(BenchError::Target(format!(
+                            "{url}: closed while subscribing"
+                        )))
+                    }
                 }
             }
             let connect_time = started.elapsed();
@@ -202,7 +215,9 @@ pub async fn subscribe(how: &Subscribe, stop: CancellationToken) -> Result<Subsc
 async fn dial(uri: &hyper::Uri) -> Result<http1::SendRequest<Full<Bytes>>, BenchError> {
     let host = uri.host().unwrap_or("127.0.0.1");
     let port = uri.port_u16().unwrap_or(80);
-    let tcp = TcpStream::connect((host, port)).await.map_err(BenchError::io)?;
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(BenchError::io)?;
     let _ = tcp.set_nodelay(true);
     let (sender, conn) = http1::handshake(hyper_util::rt::TokioIo::new(tcp))
         .await
@@ -257,7 +272,10 @@ impl Publisher {
             .how
             .body
             .replace("{channel}", channel)
-            .replace("{payload_form}", &crate::protocol::mercure::form::encode(payload))
+            .replace(
+                "{payload_form}",
+                &crate::protocol::mercure::form::encode(payload),
+            )
             .replace("{payload}", payload);
         let mut req = hyper::Request::post(path).header("host", &self.authority);
         for (k, v) in &self.how.headers {

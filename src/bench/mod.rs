@@ -91,7 +91,10 @@ impl Target {
                 url: format!("{base}/.well-known/mercure"),
                 body: "topic={channel}&data={payload_form}".into(),
                 headers: vec![
-                    ("content-type".into(), "application/x-www-form-urlencoded".into()),
+                    (
+                        "content-type".into(),
+                        "application/x-www-form-urlencoded".into(),
+                    ),
                     ("authorization".into(), format!("Bearer {token}")),
                 ],
             },
@@ -206,9 +209,15 @@ pub struct Scenario {
 const DIAL_CONCURRENCY: usize = 128;
 
 /// Runs `scenario` against `target`; `progress` shows a bar when true.
-pub async fn run(target: &Target, scenario: &Scenario, progress: bool) -> Result<Report, BenchError> {
+pub async fn run(
+    target: &Target,
+    scenario: &Scenario,
+    progress: bool,
+) -> Result<Report, BenchError> {
     if scenario.channels == 0 || scenario.subscribers == 0 {
-        return Err(BenchError::Options("channels and subscribers must be positive".into()));
+        return Err(BenchError::Options(
+            "channels and subscribers must be positive".into(),
+        ));
     }
     let stop = CancellationToken::new();
     let result = run_inner(target, scenario, progress, &stop).await;
@@ -225,12 +234,18 @@ async fn run_inner(
     let bench_start = procstat::own();
     let server_idle = procstat::usage(&target.pids);
     let total = scenario.channels * scenario.subscribers;
+    // Fresh channel names per run: a server's backlog from an earlier run
+    // must not reach this run's subscribers.
+    let run_id = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    let channels: Vec<String> = (0..scenario.channels)
+        .map(|i| format!("b{run_id}c{i}"))
+        .collect();
     let bar = bar(progress, total as u64, "connecting");
     let started = Instant::now();
     let subscribers: Vec<(usize, Result<Subscriber, BenchError>)> = stream::iter(0..total)
         .map(|i| {
             let channel = i % scenario.channels;
-            let how = target.subscribe_to(&channel_name(channel));
+            let how = target.subscribe_to(&channels[channel]);
             let stop = stop.clone();
             let bar = bar.clone();
             async move {
@@ -259,7 +274,14 @@ async fn run_inner(
     // Let the server settle, then read its memory with everyone connected.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let server_connected = procstat::usage(&target.pids);
-    let mut report = Report::new(target, scenario, subs.len(), &failures, connect_wall, &connect);
+    let mut report = Report::new(
+        target,
+        scenario,
+        subs.len(),
+        &failures,
+        connect_wall,
+        &connect,
+    );
     report.set_memory(server_idle, server_connected, procstat::own());
 
     if scenario.rate > 0.0 {
@@ -270,8 +292,18 @@ async fn run_inner(
         let mut seqs = vec![0u64; scenario.channels];
         let mut rate = scenario.rate;
         for _ in 0..scenario.ramp_steps.max(1) {
-            let step = run_step(target, scenario, rate, &mut publishers, &mut seqs, &subs, progress).await;
-            let good = step.lost == 0 && step.latency_p99_ms < scenario.ramp_p99.as_secs_f64() * 1000.0;
+            let step = run_step(
+                target,
+                scenario,
+                &channels,
+                rate,
+                &mut publishers,
+                &mut seqs,
+                &subs,
+                progress,
+            )
+            .await;
+            let good = step.good(scenario.ramp_p99.as_secs_f64() * 1000.0);
             report.steps.push(step);
             match scenario.ramp_factor {
                 Some(f) if good => rate *= f,
@@ -284,9 +316,11 @@ async fn run_inner(
 }
 
 /// One publishing step at `rate`.
+#[allow(clippy::too_many_arguments)]
 async fn run_step(
     target: &Target,
     scenario: &Scenario,
+    names: &[String],
     rate: f64,
     publishers: &mut [Publisher],
     seqs: &mut [u64],
@@ -300,7 +334,11 @@ async fn run_step(
     let bench_before = procstat::own();
     let expected_per_channel = Arc::new(Mutex::new(vec![0u64; scenario.channels]));
     let duration = scenario.duration;
-    let bar = bar(progress, duration.as_secs().max(1), &format!("{rate:.0} pub/s"));
+    let bar = bar(
+        progress,
+        duration.as_secs().max(1),
+        &format!("{rate:.0} pub/s"),
+    );
     let started = Instant::now();
     // Each publisher owns the channels `c % publishers == i`: per-channel order holds.
     let n = publishers.len();
@@ -324,7 +362,7 @@ async fn run_step(
                 let slot = (k as usize) % channels.len();
                 next_seq[slot] += 1;
                 let body = payload(next_seq[slot], now_us(), size);
-                if publisher.publish(&channel_name(channels[slot]), &body).await {
+                if publisher.publish(&names[channels[slot]], &body).await {
                     expected.lock()[channels[slot]] += 1;
                 }
             }
@@ -365,11 +403,6 @@ async fn run_step(
         server_after.cpu_seconds - server_before.cpu_seconds,
         bench_after.cpu_seconds - bench_before.cpu_seconds,
     )
-}
-
-/// The name of channel `i`.
-pub fn channel_name(i: usize) -> String {
-    format!("bench{i}")
 }
 
 fn bar(show: bool, len: u64, message: &str) -> ProgressBar {

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# tidings against nginx + nchan, side by side, in one run on this machine:
+# installs nginx and the nchan module (Debian packages) if missing, starts
+# both servers on loopback ports, runs the same scenarios against each, one
+# after the other, over SSE and over WebSocket, and writes
+# docs/performance.md with the tables, ratios and charts.
+#
+#   scripts/bench-vs-nchan.sh            # full run (a few minutes)
+#   QUICK=1 scripts/bench-vs-nchan.sh    # short steps, to check the setup
+#   REPORT_ONLY=1 scripts/bench-vs-nchan.sh  # rewrite the page from docs/performance/*.json
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -n "${QUICK:-}" ]; then
+  DURATION=2s; RAMP_STEPS=3; IDLE_CHANNELS=10; OUT_DIR=$(mktemp -d); DOC=$OUT_DIR/performance.md
+else
+  DURATION=5s; RAMP_STEPS=8; IDLE_CHANNELS=100; OUT_DIR=docs/performance; DOC=docs/performance.md
+fi
+mkdir -p "$OUT_DIR"
+
+if [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light libnginx-mod-nchan >/dev/null
+fi
+cargo build --release --quiet
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+RUN=$(mktemp -d)
+TIDINGS_PORT=18900
+NCHAN_PORT=18901
+API_KEY=bench-api-key
+stop_servers() {
+  [ -n "${TIDINGS_PID:-}" ] && kill "$TIDINGS_PID" 2>/dev/null || true
+  [ -f "$RUN/nginx.pid" ] && kill "$(cat "$RUN/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  TIDINGS_PID=""
+}
+trap 'stop_servers; rm -rf "$RUN"' EXIT
+
+# Fresh servers for each wire, so that memory per connection is measured
+# on a process that has not served a load yet.
+start_servers() {
+  rm -rf "$RUN/tidings"
+  sed -e "s#NCHAN_MODULE#/usr/lib/nginx/modules/ngx_nchan_module.so#" \
+      -e "s#RUN_DIR#$RUN#g" -e "s#PORT#$NCHAN_PORT#" bench/nchan.conf > "$RUN/nchan.conf"
+  nginx -c "$RUN/nchan.conf" -p "$RUN" &
+  # In-memory history, like nchan's message buffer (the disk store's
+  # durable commits are measured in docs/decisions.md).
+  target/release/tidings serve --listen "127.0.0.1:$TIDINGS_PORT" --data-dir "$RUN/tidings" \
+    --history memory --log-level warn --set demo=false --set centrifugo.api_key=$API_KEY \
+    --set centrifugo.channel.allow_subscribe=true >/dev/null &
+  TIDINGS_PID=$!
+  for port in $TIDINGS_PORT $NCHAN_PORT; do
+    for _ in $(seq 50); do
+      (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+      sleep 0.1
+    done
+  done
+  for _ in $(seq 50); do [ -s "$RUN/nginx.pid" ] && break; sleep 0.1; done
+  local master
+  master=$(cat "$RUN/nginx.pid")
+  NGINX_PIDS="$master $(pgrep -P "$master" | tr '\n' ' ')"
+}
+
+bench() { # name server wire args...
+  local name=$1 server=$2 wire=$3; shift 3
+  local target pids url
+  if [ "$server" = tidings ]; then
+    target=tidings-$wire; url=http://127.0.0.1:$TIDINGS_PORT; pids="--pid $TIDINGS_PID"
+  else
+    target=nchan-$wire; url=http://127.0.0.1:$NCHAN_PORT; pids=""
+    for p in $NGINX_PIDS; do pids="$pids --pid $p"; done
+  fi
+  echo "== $name: $server over $wire" >&2
+  # shellcheck disable=SC2086
+  target/release/tidings bench --quiet --target "$target" --url "$url" $pids \
+    --set centrifugo.api_key=$API_KEY --scenario "$name" \
+    --json "$OUT_DIR/$name-$server-$wire.json" "$@" >&2
+}
+
+for wire in sse ws; do
+  [ -n "${REPORT_ONLY:-}" ] && break # rewrite the page from the last run's reports
+  start_servers
+  for server in tidings nchan; do
+    bench idle "$server" $wire --channels $IDLE_CHANNELS --subscribers 100 --rate 0
+  done
+  for server in tidings nchan; do
+    bench fanout "$server" $wire --channels 1 --subscribers 1000 --rate 100 --payload 100 --duration $DURATION
+    bench ramp "$server" $wire --channels 10 --subscribers 100 --rate 1000 --payload 100 \
+      --duration $DURATION --ramp 1.5 --ramp-steps $RAMP_STEPS --ramp-p99 50ms --publishers 10
+  done
+  stop_servers
+done
+
+{
+  echo "# Performance"
+  echo
+  echo "tidings against nginx + nchan on the same machine, in the same run, one server after the"
+  echo "other, with the same load generator (\`tidings bench\`). Written by"
+  echo "\`scripts/bench-vs-nchan.sh\`$([ -n "${QUICK:-}" ] && echo " (QUICK mode)") on $(date -u +%Y-%m-%d)."
+  echo
+  echo "## Machine"
+  echo
+  echo "- $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+  echo "- $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) memory; Linux $(uname -r)"
+  echo "- tidings $(target/release/tidings --version | cut -d' ' -f2) (release build, \`demo=false\`, in-memory history like nchan's buffer);"
+  echo "  nginx $(nginx -v 2>&1 | cut -d/ -f2) with libnginx-mod-nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null), 2 workers (bench/nchan.conf)"
+  echo "- The bench runs on the same cores as the server; its own CPU time is in the tables."
+  echo
+  echo "## Scenarios"
+  echo
+  echo "1. **fanout**: 1 channel × 1000 subscribers, 100 publications/s, 100-byte payload, $DURATION."
+  echo "2. **ramp**: 10 channels × 100 subscribers, from 1000 publications/s, ×1.5 per $DURATION step"
+  echo "   while nothing is lost, p99 < 50 ms and the offered rate is achieved (at most $RAMP_STEPS steps);"
+  echo "   the table shows the last good step (the knee)."
+  echo "3. **idle**: $((IDLE_CHANNELS * 100)) idle connections: server memory per connection."
+  echo
+  echo "Commands (see the script for the exact flags):"
+  echo
+  echo '```sh'
+  echo "tidings bench --target tidings-sse --url http://127.0.0.1:$TIDINGS_PORT --pid <pid> --channels 1 --subscribers 1000 --rate 100 --duration $DURATION"
+  echo "tidings bench --target nchan-ws --url http://127.0.0.1:$NCHAN_PORT --pid <worker> --pid <worker> --channels 10 --subscribers 100 --rate 1000 --ramp 1.5 --ramp-p99 50ms"
+  echo '```'
+  echo
+  echo "## Results"
+  echo
+  for wire in sse ws; do
+    for name in idle fanout ramp; do
+      target/release/tidings bench --compare "$OUT_DIR/$name-tidings-$wire.json" "$OUT_DIR/$name-nchan-$wire.json" \
+        --chart "$OUT_DIR/$name-$wire.svg"
+      if [ "$name" != idle ]; then
+        echo "![$name over $wire](performance/$name-$wire.svg)"
+        echo
+      fi
+    done
+  done
+  echo "## Raw reports"
+  echo
+  echo "Every run's JSON report (all steps of the ramps, latency curves) is in \`docs/performance/\`."
+  echo
+  cat bench/notes.md
+} > "$DOC"
+echo "wrote $DOC" >&2
