@@ -45,7 +45,7 @@ pub async fn http_stream(
     remote: ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    open(state, remote, Transport::HttpStream, None, req).await
+    open_stream(state, remote, Transport::HttpStream, None, req).await
 }
 
 /// `GET|POST /connection/sse`.
@@ -55,7 +55,7 @@ pub async fn sse(
     Query(query): Query<ConnectQuery>,
     req: Request,
 ) -> Response {
-    open(state, remote, Transport::Sse, query.cf_connect, req).await
+    open_stream(state, remote, Transport::Sse, query.cf_connect, req).await
 }
 
 /// `POST /connection/uni_http_stream`.
@@ -64,7 +64,7 @@ pub async fn uni_http_stream(
     remote: ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    open(state, remote, Transport::UniHttpStream, None, req).await
+    open_stream(state, remote, Transport::UniHttpStream, None, req).await
 }
 
 /// `GET|POST /connection/uni_sse`.
@@ -74,7 +74,7 @@ pub async fn uni_sse(
     Query(query): Query<ConnectQuery>,
     req: Request,
 ) -> Response {
-    open(state, remote, Transport::UniSse, query.cf_connect, req).await
+    open_stream(state, remote, Transport::UniSse, query.cf_connect, req).await
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {
@@ -100,7 +100,7 @@ pub fn is_protobuf(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes() == b"application/octet-stream")
 }
 
-async fn open(
+async fn open_stream(
     State(state): State<Arc<CentrifugoState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     transport: Transport,
