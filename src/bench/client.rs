@@ -241,6 +241,8 @@ pub struct Publish {
 /// One keep-alive connection that publishes, in order, what it is given.
 pub struct Publisher {
     how: Publish,
+    /// Request path of each channel, worked out once.
+    paths: std::collections::HashMap<String, String>,
     sender: http1::SendRequest<Full<Bytes>>,
     authority: String,
 }
@@ -254,6 +256,7 @@ impl Publisher {
             .map_err(|e| BenchError::Target(format!("{probe}: {e}")))?;
         let sender = dial(&uri).await?;
         Ok(Publisher {
+            paths: Default::default(),
             authority: uri.authority().map_or(String::new(), |a| a.to_string()),
             how,
             sender,
@@ -262,21 +265,25 @@ impl Publisher {
 
     /// Publishes `payload` on `channel`; true when the server accepted it.
     pub async fn publish(&mut self, channel: &str, payload: &str) -> bool {
-        let url = self.how.url.replace("{channel}", channel);
-        let path = url
-            .parse::<hyper::Uri>()
-            .ok()
-            .and_then(|u| u.path_and_query().map(|p| p.to_string()))
-            .unwrap_or_else(|| "/".into());
-        let body = self
-            .how
-            .body
-            .replace("{channel}", channel)
-            .replace(
+        let path = self
+            .paths
+            .entry(channel.to_owned())
+            .or_insert_with(|| {
+                let url = self.how.url.replace("{channel}", channel);
+                url.parse::<hyper::Uri>()
+                    .ok()
+                    .and_then(|u| u.path_and_query().map(|p| p.to_string()))
+                    .unwrap_or_else(|| "/".into())
+            })
+            .clone();
+        let mut body = self.how.body.replace("{channel}", channel);
+        if body.contains("{payload_form}") {
+            body = body.replace(
                 "{payload_form}",
                 &crate::protocol::mercure::form::encode(payload),
-            )
-            .replace("{payload}", payload);
+            );
+        }
+        let body = body.replace("{payload}", payload);
         let mut req = hyper::Request::post(path).header("host", &self.authority);
         for (k, v) in &self.how.headers {
             req = req.header(k, v);
