@@ -79,6 +79,11 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("history.ttl", Kind::Str),
     ("history.meta_ttl", Kind::Str),
     ("history.sweep_interval", Kind::Str),
+    ("cluster.redis_url", Kind::Str),
+    ("cluster.nats_url", Kind::Str),
+    ("cluster.prefix", Kind::Str),
+    ("cluster.log_size", Kind::Int),
+    ("cluster.presence_ttl", Kind::Str),
     ("hub.queue_size", Kind::Int),
     ("hub.max_batch", Kind::Int),
     ("mercure.hub_url", Kind::Str),
@@ -154,6 +159,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// History storage and retention.
     pub history: HistoryConfig,
+    /// The shared engine (`history.engine = "redis"` or `"nats"`).
+    pub cluster: ClusterConfig,
     /// Hub core tunables.
     pub hub: HubConfig,
     /// The Mercure hub.
@@ -181,6 +188,7 @@ impl Default for Config {
             demo: None,
             admin: AdminConfig::default(),
             history: HistoryConfig::default(),
+            cluster: ClusterConfig::default(),
             hub: HubConfig::default(),
             mercure: MercureConfig::default(),
             centrifugo: CentrifugoConfig::default(),
@@ -211,7 +219,8 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
-    /// `disk` (default, durable) or `memory`.
+    /// `disk` (default, durable), `memory`, or a shared engine for many
+    /// nodes: `redis` or `nats`.
     pub engine: String,
     /// Publications kept per channel.
     pub size: usize,
@@ -231,6 +240,34 @@ impl Default for HistoryConfig {
             ttl: "24h".into(),
             meta_ttl: "30d".into(),
             sweep_interval: "60s".into(),
+        }
+    }
+}
+
+/// `[cluster]`: the engine several nodes share.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Redis URL (`history.engine = "redis"`).
+    pub redis_url: String,
+    /// NATS URL (`history.engine = "nats"`).
+    pub nats_url: String,
+    /// Prefix of every key, subject and stream.
+    pub prefix: String,
+    /// Publications kept in the hub-wide log.
+    pub log_size: usize,
+    /// Lifetime of a presence entry its node stopped refreshing.
+    pub presence_ttl: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            prefix: "tidings".into(),
+            log_size: 100_000,
+            presence_ttl: "60s".into(),
         }
     }
 }
@@ -537,8 +574,10 @@ pub struct Settings {
     pub demo: bool,
     /// The admin dashboard's password (None: dashboard off).
     pub admin_password: Option<String>,
-    /// Durable history on disk (else memory).
-    pub disk_history: bool,
+    /// Where history lives.
+    pub store: Store,
+    /// Options of a shared engine (when `store` is one).
+    pub cluster: crate::engine::EngineOptions,
     /// Retention per channel (namespaces may override the default).
     pub retention: crate::history::RetentionPolicy,
     /// Sweep interval.
@@ -549,6 +588,19 @@ pub struct Settings {
     pub mercure: MercureSettings,
     /// Centrifugo settings.
     pub centrifugo: CentrifugoSettings,
+}
+
+/// Where history lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Store {
+    /// The embedded redb database (one node, durable).
+    Disk,
+    /// Memory rings (one node, lost at restart).
+    Memory,
+    /// Redis at this URL, shared by many nodes.
+    Redis(String),
+    /// NATS JetStream at this URL, shared by many nodes.
+    Nats(String),
 }
 
 /// Validated `[centrifugo]`.
@@ -694,16 +746,29 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
-        let disk_history = match self.history.engine.as_str() {
-            "disk" => true,
-            "memory" => false,
+        let store = match self.history.engine.as_str() {
+            "disk" => Store::Disk,
+            "memory" => Store::Memory,
+            "redis" => Store::Redis(self.cluster.redis_url.clone()),
+            "nats" => Store::Nats(self.cluster.nats_url.clone()),
             other => {
                 return Err(invalid(
                     "history.engine",
-                    format!("{other:?} is not disk or memory"),
+                    format!("{other:?} is not disk, memory, redis or nats"),
                 ))
             }
         };
+        let prefix = &self.cluster.prefix;
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(
+                "cluster.prefix",
+                "must be letters, digits, '_' or '-' (it names keys, subjects and streams)",
+            ));
+        }
         let m = &self.mercure;
         let hub_url = match &m.hub_url {
             Some(u) => {
@@ -792,7 +857,10 @@ impl Config {
             return Err(invalid("mercure.issuer", "must not be empty"));
         }
         let mut centrifugo = self.validate_centrifugo(listen)?;
-        let demo = self.demo.unwrap_or(dev_key && centrifugo.dev_key);
+        // Zero config only: a cluster would run one ticker per node.
+        let demo = self.demo.unwrap_or(
+            dev_key && centrifugo.dev_key && matches!(store, Store::Disk | Store::Memory),
+        );
         if demo {
             centrifugo
                 .namespaces
@@ -815,7 +883,14 @@ impl Config {
             log_json: self.log.format == "json",
             shutdown_grace: duration("shutdown_grace", &self.shutdown_grace)?,
             shutdown_drain: duration("shutdown_drain", &self.shutdown_drain)?,
-            disk_history,
+            store,
+            cluster: crate::engine::EngineOptions {
+                prefix: prefix.clone(),
+                log_size: positive("cluster.log_size", self.cluster.log_size)?,
+                retention: self.retention_policy()?,
+                presence_ttl: duration("cluster.presence_ttl", &self.cluster.presence_ttl)?
+                    .max(Duration::from_secs(1)),
+            },
             retention: self.retention_policy()?,
             sweep_interval: duration("history.sweep_interval", &self.history.sweep_interval)?
                 .max(Duration::from_millis(100)),
@@ -1001,7 +1076,7 @@ mod tests {
     fn defaults_validate() {
         let s = load(None, no_env, &[]).unwrap().validate().unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:8000");
-        assert!(s.disk_history && s.mercure.dev_key && s.mercure.compat);
+        assert!(s.store == Store::Disk && s.mercure.dev_key && s.mercure.compat);
         assert_eq!(
             s.mercure.hub_url.as_str(),
             "http://127.0.0.1:8000/.well-known/mercure"
@@ -1042,6 +1117,8 @@ mod tests {
         };
         assert!(err(&[("listen", "nowhere")]).contains("`listen`"));
         assert!(err(&[("history.engine", "tape")]).contains("history.engine"));
+        assert!(err(&[("cluster.prefix", "a b")]).contains("cluster.prefix"));
+        assert!(err(&[("cluster.presence_ttl", "soon")]).contains("cluster.presence_ttl"));
         assert!(err(&[("history.ttl", "soon")]).contains("history.ttl"));
         assert!(err(&[("history.size", "0")]).contains("history.size"));
         assert!(err(&[("history.size", "many")]).contains("whole number"));

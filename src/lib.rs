@@ -26,6 +26,8 @@
 //!   node registry the server API reaches them through.
 //! - [`hub`]: channels, fan-out, the publish pipeline.
 //! - [`history`]: the `History` trait, memory and disk (redb) stores.
+//! - [`engine`]: Redis and NATS, shared by many nodes: history, fan-out
+//!   between nodes, presence.
 //! - [`auth`]: JWT verification and Mercure grants.
 //! - [`api`]: the HTTP endpoints (Mercure, Centrifugo server API).
 //! - [`config`]: file + env + flags, validated once.
@@ -41,6 +43,7 @@ pub mod centrifugo;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod engine;
 pub mod history;
 pub mod hub;
 pub mod metrics;

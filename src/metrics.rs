@@ -67,6 +67,18 @@ fn describe() {
         "tidings_connections",
         "Open connections by protocol and transport."
     );
+    describe_histogram!(
+        "tidings_engine_lag_seconds",
+        "Time from a publication's acceptance by the shared engine to its arrival at this node."
+    );
+    describe_counter!(
+        "tidings_engine_errors_total",
+        "Failed engine operations by engine and operation (connect, feed, events, decode, presence, broadcast)."
+    );
+    describe_counter!(
+        "tidings_engine_resets_total",
+        "Times the engine lost state this node relied on; its clients were sent to recover."
+    );
     describe_counter!(
         "tidings_connections_opened_total",
         "Connections accepted by protocol and transport."
@@ -189,6 +201,23 @@ pub fn disconnect(transport: &'static str, code: u16, reason: &str) {
     counter!("tidings_disconnects_total", "transport" => transport, "code" => code.to_string())
         .increment(1);
     remember("disconnect", format!("{transport}: {code} {reason}"));
+}
+
+/// Records a failed engine operation.
+pub fn engine_error(engine: &'static str, op: &'static str) {
+    counter!("tidings_engine_errors_total", "engine" => engine, "op" => op).increment(1);
+}
+
+/// Records how long a publication took from the engine to this node.
+pub fn engine_lag(time_ms: u64) {
+    let lag = crate::hub::publication::now_ms().saturating_sub(time_ms);
+    histogram!("tidings_engine_lag_seconds").record(lag as f64 / 1000.0);
+}
+
+/// Records an engine reset (clients sent to recover).
+pub fn engine_reset(engine: &'static str, why: &str) {
+    counter!("tidings_engine_resets_total", "engine" => engine).increment(1);
+    remember("engine reset", format!("{engine}: {why}"));
 }
 
 /// Records a refused credential.

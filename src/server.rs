@@ -22,7 +22,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::api::admin::AdminState;
 use crate::api::mercure::{self, MercureState};
 use crate::centrifugo::Node;
-use crate::config::Settings;
+use crate::config::{Settings, Store};
 use crate::history::{disk::DiskHistory, memory::MemoryHistory, History};
 use crate::hub::Hub;
 use crate::transport::{emulation, http_stream, websocket, CentrifugoState};
@@ -52,14 +52,30 @@ pub enum ServerError {
 
 /// Opens the configured history.
 pub fn open_history(settings: &Settings) -> Result<Arc<dyn History>, ServerError> {
-    Ok(if settings.disk_history {
-        Arc::new(DiskHistory::open(
+    Ok(match settings.store {
+        Store::Disk => Arc::new(DiskHistory::open(
             &settings.data_dir,
             settings.retention.clone(),
-        )?)
-    } else {
-        Arc::new(MemoryHistory::new(settings.retention.clone()))
+        )?),
+        _ => Arc::new(MemoryHistory::new(settings.retention.clone())),
     })
+}
+
+/// Starts the hub on the configured store: one node's own history, or a
+/// shared engine (Redis, NATS) that other nodes use too.
+pub async fn start_hub(settings: &Settings) -> Result<Arc<Hub>, ServerError> {
+    let options = settings.cluster.clone();
+    let engine = match &settings.store {
+        Store::Redis(url) => crate::engine::redis::RedisEngine::connect(url, options).await,
+        Store::Nats(url) => crate::engine::nats::NatsEngine::connect(url, options).await,
+        Store::Disk | Store::Memory => {
+            return Ok(Hub::start(open_history(settings)?, settings.hub.clone()))
+        }
+    }
+    .map_err(|e| ServerError::Setup(format!("cannot reach the shared engine: {e}")))?;
+    Hub::start_with_engine(engine, settings.hub.clone())
+        .await
+        .map_err(|e| ServerError::Setup(format!("cannot start on the shared engine: {e}")))
 }
 
 /// Builds the router for a hub: the Mercure endpoints, the Centrifugo
@@ -248,8 +264,7 @@ pub async fn serve(
         })?;
     let addr = listener.local_addr()?;
     settings.mercure.resolve_port(addr.port());
-    let history = open_history(&settings)?;
-    let hub = Hub::start(history, settings.hub.clone());
+    let hub = start_hub(&settings).await?;
     let shutdown = CancellationToken::new();
     let mercure = MercureState::new(hub.clone(), settings.mercure.clone(), shutdown.clone())
         .map_err(ServerError::Setup)?;
@@ -271,7 +286,7 @@ pub async fn serve(
     let app = router(mercure, centrifugo, admin, settings.demo)
         .into_make_service_with_connect_info::<SocketAddr>();
     on_bound(addr);
-    tracing::info!(%addr, hub = %settings.mercure.hub_url, disk = settings.disk_history, "listening");
+    tracing::info!(%addr, hub = %settings.mercure.hub_url, store = ?settings.store, "listening");
 
     let stop = shutdown.clone();
     let grace = settings.shutdown_grace;

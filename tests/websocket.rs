@@ -5,113 +5,11 @@ mod common;
 
 use std::time::Duration;
 
+use common::ws::*;
 use common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-const SECRET: &str = "websocket-test-secret";
-const API_KEY: &str = "websocket-test-api-key";
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn start(extra: &[(&str, &str)]) -> Hub {
-    centrifugo_hub(SECRET, API_KEY, extra)
-}
-
-fn conn_token(user: &str, exp_in: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    tidings::auth::jwt::mint(
-        &json!({"sub": user, "exp": now + exp_in}),
-        SECRET,
-        jsonwebtoken::Algorithm::HS256,
-        false,
-    )
-    .unwrap()
-}
-
-async fn dial(hub: &Hub, origin: Option<&str>) -> Result<Ws, u16> {
-    let mut req = format!("ws://{}/connection/websocket", hub.addr)
-        .into_client_request()
-        .unwrap();
-    if let Some(o) = origin {
-        req.headers_mut().insert("origin", o.parse().unwrap());
-    }
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Err(res.status().as_u16()),
-        Err(e) => panic!("{e}"),
-    }
-}
-
-async fn send(ws: &mut Ws, frame: &str) {
-    ws.send(Message::text(frame)).await.unwrap();
-}
-
-/// The next text frame's messages, skipping pings (`{}`).
-async fn recv(ws: &mut Ws) -> Vec<Value> {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("no frame")
-            .expect("closed")
-            .unwrap();
-        if let Message::Text(t) = msg {
-            let msgs: Vec<Value> = t
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .filter(|v: &Value| v != &json!({}))
-                .collect();
-            if !msgs.is_empty() {
-                return msgs;
-            }
-        }
-    }
-}
-
-/// Waits for the close frame; returns its code and reason.
-async fn closed(ws: &mut Ws) -> (u16, String) {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("not closed in time")
-        {
-            Some(Ok(Message::Close(Some(f)))) => return (f.code.into(), f.reason.to_string()),
-            Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => panic!("{e}"),
-        }
-    }
-}
-
-async fn connected(hub: &Hub, user: &str) -> Ws {
-    let mut ws = dial(hub, None).await.unwrap();
-    send(
-        &mut ws,
-        &json!({"id": 1, "connect": {"token": conn_token(user, 3600)}}).to_string(),
-    )
-    .await;
-    let r = recv(&mut ws).await;
-    assert!(r[0]["connect"]["client"].is_string(), "{r:?}");
-    ws
-}
-
-async fn api(hub: &Hub, method: &str, body: Value) -> (u16, Value) {
-    let res = reqwest::Client::new()
-        .post(hub.url(&format!("/api/{method}")))
-        .header("X-API-Key", API_KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test]
 async fn several_commands_in_one_frame_get_their_replies_in_one_frame() {

@@ -290,7 +290,7 @@ async fn run_method(node: &Node, method: &str, params: Value) -> ApiResult {
             } else {
                 Control::Unsubscribe(p.channel)
             };
-            node.control(&p.user, p.client.as_deref(), control);
+            node.control_everywhere(&p.user, p.client.as_deref(), control);
             Ok(json!({}))
         }
         "disconnect" => {
@@ -302,7 +302,7 @@ async fn run_method(node: &Node, method: &str, params: Value) -> ApiResult {
                     disconnect::FORCE_NO_RECONNECT.1.to_owned(),
                 ),
             };
-            node.control(
+            node.control_everywhere(
                 &p.user,
                 p.client.as_deref(),
                 Control::Disconnect(code, reason),
@@ -316,7 +316,7 @@ async fn run_method(node: &Node, method: &str, params: Value) -> ApiResult {
             } else {
                 Control::Refresh(p.expire_at)
             };
-            node.control(&p.user, p.client.as_deref(), control);
+            node.control_everywhere(&p.user, p.client.as_deref(), control);
             Ok(json!({}))
         }
         "presence" => {
@@ -326,6 +326,7 @@ async fn run_method(node: &Node, method: &str, params: Value) -> ApiResult {
                 .hub
                 .presence()
                 .get(&p.channel)
+                .await
                 .into_iter()
                 .map(|(id, info)| (id, client_info_json(&info)))
                 .collect();
@@ -334,7 +335,7 @@ async fn run_method(node: &Node, method: &str, params: Value) -> ApiResult {
         "presence_stats" => {
             let p: ChannelParams = parse(params)?;
             check_channel(node, &p.channel)?;
-            let (clients, users) = node.hub.presence().stats(&p.channel);
+            let (clients, users) = node.hub.presence().stats(&p.channel).await;
             Ok(json!({ "num_clients": clients, "num_users": users }))
         }
         "history" => {

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::session::{Disconnect, Session};
 use super::{Node, Transport};
-use crate::hub::SHUTTING_DOWN;
+use crate::hub::{ENGINE_RESET, SHUTTING_DOWN};
 use crate::protocol::centrifuge::outbox::Outbox;
 use crate::protocol::centrifuge::resume::ChannelPosition;
 use crate::protocol::centrifuge::{disconnect, Encoding};
@@ -132,6 +132,7 @@ async fn drive<W: Wire>(
                 Some(control) = controls.recv() => session.control(control, &mut out).await,
                 _ = kicked.cancelled() => Err(to_disconnect(match sink.close_reason() {
                     Some(r) if r == SHUTTING_DOWN => disconnect::SHUTDOWN,
+                    Some(r) if r == ENGINE_RESET => disconnect::INSUFFICIENT_STATE,
                     _ => disconnect::SLOW,
                 })),
                 _ = shutdown.cancelled() => Err(to_disconnect(disconnect::SHUTDOWN)),

@@ -135,7 +135,7 @@ impl Drop for EmulationInbox {
 }
 
 /// Something the server asks a live connection to do.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Control {
     /// Subscribe to a channel (server-side subscription).
     Subscribe(String),
@@ -175,7 +175,7 @@ impl Node {
     /// A node for `hub`.
     pub fn new(hub: Arc<Hub>, settings: CentrifugoSettings) -> Result<Arc<Node>, String> {
         let key = TrustedKey::new(&settings.token_key, settings.token_algorithm)?;
-        Ok(Arc::new(Node {
+        let node = Arc::new(Node {
             hub,
             settings,
             key,
@@ -187,7 +187,15 @@ impl Node {
             clients: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
             emulated: Mutex::new(HashMap::new()),
-        }))
+        });
+        // Commands other nodes broadcast reach this node's connections.
+        let weak = Arc::downgrade(&node);
+        node.hub.on_control(Box::new(move |user, client, control| {
+            if let Some(node) = weak.upgrade() {
+                node.control(user, client, control);
+            }
+        }));
+        Ok(node)
     }
 
     /// Whether clients may connect over `transport`.
@@ -252,8 +260,15 @@ impl Node {
         }
     }
 
-    /// Sends `control` to the user's connections (or only to `client`);
-    /// returns how many received it.
+    /// Sends `control` to the user's connections on every node (the server
+    /// API's `subscribe`, `unsubscribe`, `disconnect`, `refresh`).
+    pub fn control_everywhere(&self, user: &str, client: Option<&str>, control: Control) {
+        self.hub.broadcast_control(user, client, control.clone());
+        self.control(user, client, control);
+    }
+
+    /// Sends `control` to the user's connections on this node (or only to
+    /// `client`); returns how many received it.
     pub fn control(&self, user: &str, client: Option<&str>, control: Control) -> usize {
         let targets: Vec<mpsc::UnboundedSender<Control>> = {
             let clients = self.clients.lock();

@@ -255,9 +255,9 @@ impl Session {
         } else if let Some(req) = cmd.publish {
             self.publish(id, req).await
         } else if let Some(req) = cmd.presence {
-            self.presence(id, &req.channel, false)
+            self.presence(id, &req.channel, false).await
         } else if let Some(req) = cmd.presence_stats {
-            self.presence(id, &req.channel, true)
+            self.presence(id, &req.channel, true).await
         } else if let Some(req) = cmd.history {
             self.history(id, req).await
         } else if cmd.ping.is_some() {
@@ -499,7 +499,7 @@ impl Session {
                 .map_or(position.offset, |p| p.offset.max(position.offset))
         };
         if ns.presence {
-            hub.presence().add(&req.channel, info.clone());
+            hub.presence().add(&req.channel, info.clone()).await;
         }
         if ns.join_leave {
             hub.announce_join(&req.channel, info.clone());
@@ -610,7 +610,7 @@ impl Session {
         }
     }
 
-    fn presence(&self, id: u32, channel: &str, stats: bool) -> Reply {
+    async fn presence(&self, id: u32, channel: &str, stats: bool) -> Reply {
         let ns = match self.namespace(channel) {
             Ok(ns) => ns,
             Err(code) => return error_reply(id, code),
@@ -623,7 +623,7 @@ impl Session {
         }
         let presence = self.node.hub.presence();
         if stats {
-            let (clients, users) = presence.stats(channel);
+            let (clients, users) = presence.stats(channel).await;
             Reply {
                 id,
                 presence_stats: Some(proto::PresenceStatsResult {
@@ -635,6 +635,7 @@ impl Session {
         } else {
             let map = presence
                 .get(channel)
+                .await
                 .into_iter()
                 .map(|(k, v)| (k, client_info(&v)))
                 .collect();

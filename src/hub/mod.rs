@@ -6,6 +6,10 @@
 //! subscribers whose matchers select one of its topics. A publisher's call
 //! returns once its publication is stored, so nothing acknowledged is lost.
 //!
+//! With a shared engine (Redis, NATS) the log task only stores: every
+//! node, this one included, fans out what the engine's feed brings, in the
+//! engine's `seq` order, so all nodes deliver the same order.
+//!
 //! Fan-out never blocks on a subscriber: each has a bounded queue, and one
 //! that is full is dropped from the hub with the reason
 //! [`SLOW_CONSUMER`]; it resumes from history when it reconnects.
@@ -23,6 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::centrifugo::Control;
+use crate::engine::{Broker, ClusterEvent, Engine, Envelope, Feed};
 use crate::history::History;
 use crate::protocol::mercure::matcher::TopicMatcher;
 pub use presence::{ClientInfo, Presence};
@@ -32,6 +38,9 @@ pub use publication::{Draft, Publication};
 pub const SLOW_CONSUMER: &str = "slow consumer: the delivery queue is full";
 /// Close reason when the hub shuts down.
 pub const SHUTTING_DOWN: &str = "the hub is shutting down";
+/// Close reason when the shared engine lost state this node relied on:
+/// clients reconnect and recover from history, which tells them what is lost.
+pub const ENGINE_RESET: &str = "the shared engine lost state: reconnect and recover";
 
 /// Why a hub operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -305,8 +314,21 @@ pub struct HubStats {
     pub slow_disconnects: u64,
 }
 
+/// Receives server API commands other nodes broadcast (set by the
+/// Centrifugo node: user, client, command).
+pub type ControlHandler = Box<dyn Fn(&str, Option<&str>, Control) + Send + Sync>;
+
+/// This node's place in a cluster sharing an engine.
+struct Cluster {
+    engine: &'static str,
+    broker: Arc<dyn Broker>,
+    node_id: String,
+}
+
 /// The hub core.
 pub struct Hub {
+    cluster: Option<Cluster>,
+    on_control: OnceLock<ControlHandler>,
     history: Arc<dyn History>,
     fanout: Arc<Fanout>,
     log_tx: RwLock<Option<mpsc::Sender<Job>>>,
@@ -320,6 +342,48 @@ pub struct Hub {
 impl Hub {
     /// Starts a hub on `history` (spawns the log and sweep tasks).
     pub fn start(history: Arc<dyn History>, options: HubOptions) -> Arc<Hub> {
+        Hub::build(history, None, Presence::default(), options)
+    }
+
+    /// Starts a hub that shares `engine` with other nodes: publications are
+    /// fanned out from the engine's feed, starting after the newest one
+    /// stored now.
+    pub async fn start_with_engine(
+        engine: Engine,
+        options: HubOptions,
+    ) -> Result<Arc<Hub>, HubError> {
+        let after = engine.history.last().await?.map_or(0, |(seq, _)| seq);
+        let node_id = uuid::Uuid::new_v4().simple().to_string();
+        let cluster = Cluster {
+            engine: engine.name,
+            broker: engine.broker.clone(),
+            node_id: node_id.clone(),
+        };
+        let hub = Hub::build(
+            engine.history.clone(),
+            Some(cluster),
+            Presence::shared(engine.presence.clone()),
+            options,
+        );
+        hub.fanout.last_seq.store(after, Ordering::Release);
+        let feed = engine.broker.feed(node_id, after);
+        let weak = Arc::downgrade(&hub);
+        let mut tasks = hub.tasks.lock();
+        tasks.push(tokio::spawn(run_feed(feed, weak.clone(), engine.name)));
+        tasks.push(tokio::spawn(run_presence_refresh(
+            weak,
+            engine.presence_ttl / 3,
+        )));
+        drop(tasks);
+        Ok(hub)
+    }
+
+    fn build(
+        history: Arc<dyn History>,
+        cluster: Option<Cluster>,
+        presence: Presence,
+        options: HubOptions,
+    ) -> Arc<Hub> {
         let fanout = Arc::new(Fanout {
             index: RwLock::new(Index::default()),
             last_seq: AtomicU64::new(0),
@@ -335,9 +399,12 @@ impl Hub {
             fanout.clone(),
             options.max_batch,
             publications.clone(),
+            cluster.is_none(),
         ));
         let sweep = tokio::spawn(run_sweep(history.clone(), options.sweep_interval));
         Arc::new(Hub {
+            cluster,
+            on_control: OnceLock::new(),
             history,
             fanout,
             log_tx: RwLock::new(Some(tx)),
@@ -345,7 +412,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             publications,
             options,
-            presence: Presence::default(),
+            presence,
         })
     }
 
@@ -415,16 +482,58 @@ impl Hub {
         Subscription { handle, sink, rx }
     }
 
-    /// Tells the channel's join/leave subscribers that `info` joined.
+    /// Tells the channel's join/leave subscribers (on every node) that
+    /// `info` joined.
     pub fn announce_join(&self, channel: &str, info: Arc<ClientInfo>) {
+        self.broadcast(ClusterEvent::Join(channel.into(), (*info).clone()));
         self.fanout
             .deliver_event(channel, Delivery::Join(channel.into(), info));
     }
 
-    /// Tells the channel's join/leave subscribers that `info` left.
+    /// Tells the channel's join/leave subscribers (on every node) that
+    /// `info` left.
     pub fn announce_leave(&self, channel: &str, info: Arc<ClientInfo>) {
+        self.broadcast(ClusterEvent::Leave(channel.into(), (*info).clone()));
         self.fanout
             .deliver_event(channel, Delivery::Leave(channel.into(), info));
+    }
+
+    /// Sets who acts on server API commands broadcast by other nodes.
+    pub fn on_control(&self, handler: ControlHandler) {
+        let _ = self.on_control.set(handler);
+    }
+
+    /// Sends a server API command to the other nodes (no-op on one node).
+    pub fn broadcast_control(&self, user: &str, client: Option<&str>, control: Control) {
+        self.broadcast(ClusterEvent::Control {
+            user: user.to_owned(),
+            client: client.map(str::to_owned),
+            control,
+        });
+    }
+
+    /// Sends `event` to the other nodes in the background (best effort).
+    fn broadcast(&self, event: ClusterEvent) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let broker = cluster.broker.clone();
+        let engine = cluster.engine;
+        let envelope = Envelope {
+            node: cluster.node_id.clone(),
+            event,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = broker.broadcast(&envelope).await {
+                crate::metrics::engine_error(engine, "broadcast");
+                tracing::warn!(error = %e, "broadcast to other nodes failed");
+            }
+        });
+    }
+
+    /// The shared engine's name, if this node has one.
+    pub fn engine(&self) -> Option<&'static str> {
+        self.cluster.as_ref().map(|c| c.engine)
     }
 
     /// Disconnects every subscriber (they see `reason`).
@@ -521,6 +630,7 @@ async fn run_log(
     fanout: Arc<Fanout>,
     max_batch: usize,
     publications: Arc<AtomicU64>,
+    deliver: bool,
 ) {
     let mut jobs = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
@@ -533,7 +643,9 @@ async fn run_log(
             Ok(pubs) => {
                 publications.fetch_add(pubs.len() as u64, Ordering::Relaxed);
                 for (p, reply) in pubs.into_iter().zip(replies) {
-                    fanout.deliver(&p);
+                    if deliver {
+                        fanout.deliver(&p);
+                    }
                     let _ = reply.send(Ok(p));
                 }
             }
@@ -547,6 +659,62 @@ async fn run_log(
                 }
             }
         }
+    }
+}
+
+/// Fans out what the shared engine feeds this node, in `seq` order.
+async fn run_feed(mut feed: mpsc::Receiver<Feed>, hub: Weak<Hub>, engine: &'static str) {
+    while let Some(item) = feed.recv().await {
+        let Some(hub) = hub.upgrade() else {
+            return;
+        };
+        match item {
+            Feed::Publications(pubs) => {
+                for p in pubs {
+                    // A reconnecting feed may repeat what was delivered.
+                    if p.seq > hub.fanout.last_seq.load(Ordering::Acquire) {
+                        crate::metrics::engine_lag(p.time_ms);
+                        hub.fanout.deliver(&p);
+                    }
+                }
+            }
+            Feed::Reset { last_seq, why } => {
+                tracing::warn!(engine, %why, "engine reset: clients sent to recover from history");
+                crate::metrics::engine_reset(engine, &why);
+                hub.fanout.last_seq.store(last_seq, Ordering::Release);
+                hub.disconnect_all(ENGINE_RESET);
+            }
+            Feed::Event(ClusterEvent::Join(channel, info)) => {
+                let event = Delivery::Join(channel.as_str().into(), Arc::new(info));
+                hub.fanout.deliver_event(&channel, event);
+            }
+            Feed::Event(ClusterEvent::Leave(channel, info)) => {
+                let event = Delivery::Leave(channel.as_str().into(), Arc::new(info));
+                hub.fanout.deliver_event(&channel, event);
+            }
+            Feed::Event(ClusterEvent::Control {
+                user,
+                client,
+                control,
+            }) => {
+                if let Some(handler) = hub.on_control.get() {
+                    handler(&user, client.as_deref(), control);
+                }
+            }
+        }
+    }
+}
+
+/// Keeps this node's shared presence entries from expiring.
+async fn run_presence_refresh(hub: Weak<Hub>, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(hub) = hub.upgrade() else {
+            return;
+        };
+        hub.presence.refresh().await;
     }
 }
 

@@ -1,15 +1,19 @@
-//! Presence: who is subscribed to a channel right now, on this node.
+//! Presence: who is subscribed to a channel right now.
 //!
 //! Entries are added when a client subscribes to a channel with presence
 //! enabled and removed when it unsubscribes or disconnects, so a dead
-//! connection never lingers. (Cross-node presence with expiry belongs to the
-//! Redis and NATS engines.)
+//! connection never lingers. With a shared engine, entries also go to its
+//! [`PresenceStore`] and reads come from there (every node's clients); the
+//! hub refreshes this node's entries well before they expire, so a node that
+//! dies without cleaning up leaves nothing behind for long.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+
+use crate::engine::PresenceStore;
 
 /// Who a client is, as other clients see it (Centrifugo's `ClientInfo`).
 /// `conn_info` and `chan_info` are JSON documents kept as text: they pass
@@ -26,35 +30,80 @@ pub struct ClientInfo {
     pub chan_info: Option<String>,
 }
 
-/// Per-channel presence of this node.
+type Clients = HashMap<String, Arc<ClientInfo>>;
+
+/// Per-channel presence: this node's entries, and the shared store if any.
 #[derive(Default)]
 pub struct Presence {
-    channels: Mutex<HashMap<String, HashMap<String, Arc<ClientInfo>>>>,
+    channels: Mutex<HashMap<String, Clients>>,
+    store: Option<Arc<dyn PresenceStore>>,
 }
 
 impl Presence {
+    /// Presence kept in `store` too (a shared engine).
+    pub fn shared(store: Arc<dyn PresenceStore>) -> Self {
+        Presence {
+            channels: Mutex::default(),
+            store: Some(store),
+        }
+    }
+
     /// Records `info` as present in `channel`.
-    pub fn add(&self, channel: &str, info: Arc<ClientInfo>) {
+    pub async fn add(&self, channel: &str, info: Arc<ClientInfo>) {
         self.channels
             .lock()
             .entry(channel.to_owned())
             .or_default()
-            .insert(info.client.clone(), info);
-    }
-
-    /// Removes a client from `channel`.
-    pub fn remove(&self, channel: &str, client: &str) {
-        let mut channels = self.channels.lock();
-        if let Some(clients) = channels.get_mut(channel) {
-            clients.remove(client);
-            if clients.is_empty() {
-                channels.remove(channel);
+            .insert(info.client.clone(), info.clone());
+        if let Some(store) = &self.store {
+            if let Err(e) = store.add(channel, &info).await {
+                crate::metrics::engine_error("presence", "add");
+                tracing::warn!(error = %e, channel, "shared presence: add failed");
             }
         }
     }
 
-    /// Everyone in `channel`, by client id.
-    pub fn get(&self, channel: &str) -> HashMap<String, Arc<ClientInfo>> {
+    /// Removes a client from `channel` (from the shared store in the
+    /// background: leaving must not wait, it happens on disconnect).
+    pub fn remove(&self, channel: &str, client: &str) {
+        {
+            let mut channels = self.channels.lock();
+            if let Some(clients) = channels.get_mut(channel) {
+                clients.remove(client);
+                if clients.is_empty() {
+                    channels.remove(channel);
+                }
+            }
+        }
+        let (Some(store), Ok(runtime)) = (&self.store, tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let (store, channel, client) = (store.clone(), channel.to_owned(), client.to_owned());
+        runtime.spawn(async move {
+            if let Err(e) = store.remove(&channel, &client).await {
+                crate::metrics::engine_error("presence", "remove");
+                tracing::warn!(error = %e, channel, "shared presence: remove failed");
+            }
+        });
+    }
+
+    /// Everyone in `channel`, by client id (on every node with a shared
+    /// engine; this node's only if the engine cannot be reached).
+    pub async fn get(&self, channel: &str) -> Clients {
+        if let Some(store) = &self.store {
+            match store.get(channel).await {
+                Ok(clients) => return clients,
+                Err(e) => {
+                    crate::metrics::engine_error("presence", "get");
+                    tracing::warn!(error = %e, channel, "shared presence: read failed; answering with this node's");
+                }
+            }
+        }
+        self.local(channel)
+    }
+
+    fn local(&self, channel: &str) -> Clients {
         self.channels
             .lock()
             .get(channel)
@@ -63,15 +112,33 @@ impl Presence {
     }
 
     /// (clients, distinct users) in `channel`.
-    pub fn stats(&self, channel: &str) -> (usize, usize) {
-        let channels = self.channels.lock();
-        let Some(clients) = channels.get(channel) else {
-            return (0, 0);
-        };
+    pub async fn stats(&self, channel: &str) -> (usize, usize) {
+        let clients = self.get(channel).await;
         let mut users: Vec<&str> = clients.values().map(|c| c.user.as_str()).collect();
         users.sort_unstable();
         users.dedup();
         (clients.len(), users.len())
+    }
+
+    /// Writes this node's entries to the shared store again, so they do not
+    /// expire while their clients are here.
+    pub async fn refresh(&self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let entries: Vec<(String, Arc<ClientInfo>)> = self
+            .channels
+            .lock()
+            .iter()
+            .flat_map(|(ch, clients)| clients.values().map(|c| (ch.clone(), c.clone())))
+            .collect();
+        for (channel, info) in entries {
+            if let Err(e) = store.add(&channel, &info).await {
+                crate::metrics::engine_error("presence", "refresh");
+                tracing::warn!(error = %e, "shared presence: refresh failed");
+                return;
+            }
+        }
     }
 }
 
@@ -88,17 +155,17 @@ mod tests {
         })
     }
 
-    #[test]
-    fn tracks_clients_and_users() {
+    #[tokio::test]
+    async fn tracks_clients_and_users() {
         let p = Presence::default();
-        p.add("c", info("u1", "a"));
-        p.add("c", info("u1", "b"));
-        p.add("c", info("u2", "c"));
-        assert_eq!(p.stats("c"), (3, 2));
+        p.add("c", info("u1", "a")).await;
+        p.add("c", info("u1", "b")).await;
+        p.add("c", info("u2", "c")).await;
+        assert_eq!(p.stats("c").await, (3, 2));
         p.remove("c", "a");
-        assert_eq!(p.get("c").len(), 2);
+        assert_eq!(p.get("c").await.len(), 2);
         p.remove("c", "b");
         p.remove("c", "c");
-        assert_eq!(p.stats("c"), (0, 0));
+        assert_eq!(p.stats("c").await, (0, 0));
     }
 }

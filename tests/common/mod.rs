@@ -1,6 +1,8 @@
 //! Test harness: runs the real `tidings` binary and talks to it over HTTP.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -92,6 +94,14 @@ impl Hub {
         if let Some(child) = &self.child {
             // SAFETY: sending SIGTERM to our own child process.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+    }
+
+    /// SIGKILL: the node dies without cleaning up anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 

@@ -1,0 +1,122 @@
+//! WebSocket helpers: a Centrifugo JSON client for tests.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{centrifugo_hub, Hub};
+
+pub const SECRET: &str = "websocket-test-secret";
+pub const API_KEY: &str = "websocket-test-api-key";
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A hub with the Centrifugo side open (see [`centrifugo_hub`]).
+pub fn start(extra: &[(&str, &str)]) -> Hub {
+    centrifugo_hub(SECRET, API_KEY, extra)
+}
+
+pub fn conn_token(user: &str, exp_in: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    tidings::auth::jwt::mint(
+        &json!({"sub": user, "exp": now + exp_in}),
+        SECRET,
+        jsonwebtoken::Algorithm::HS256,
+        false,
+    )
+    .unwrap()
+}
+
+pub async fn dial(hub: &Hub, origin: Option<&str>) -> Result<Ws, u16> {
+    dial_addr(&hub.addr, origin).await
+}
+
+pub async fn dial_addr(addr: &str, origin: Option<&str>) -> Result<Ws, u16> {
+    let mut req = format!("ws://{addr}/connection/websocket")
+        .into_client_request()
+        .unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Err(res.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+pub async fn send(ws: &mut Ws, frame: &str) {
+    ws.send(Message::text(frame)).await.unwrap();
+}
+
+/// The next text frame's messages, skipping pings (`{}`).
+pub async fn recv(ws: &mut Ws) -> Vec<Value> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("no frame")
+            .expect("closed")
+            .unwrap();
+        if let Message::Text(t) = msg {
+            let msgs: Vec<Value> = t
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .filter(|v: &Value| v != &json!({}))
+                .collect();
+            if !msgs.is_empty() {
+                return msgs;
+            }
+        }
+    }
+}
+
+/// Waits for the close frame; returns its code and reason.
+pub async fn closed(ws: &mut Ws) -> (u16, String) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("not closed in time")
+        {
+            Some(Ok(Message::Close(Some(f)))) => return (f.code.into(), f.reason.to_string()),
+            Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("{e}"),
+        }
+    }
+}
+
+pub async fn connected(hub: &Hub, user: &str) -> Ws {
+    connected_at(&hub.addr, user).await
+}
+
+/// A connected client of the hub listening on `addr`.
+pub async fn connected_at(addr: &str, user: &str) -> Ws {
+    let mut ws = dial_addr(addr, None).await.unwrap();
+    send(
+        &mut ws,
+        &json!({"id": 1, "connect": {"token": conn_token(user, 3600)}}).to_string(),
+    )
+    .await;
+    let r = recv(&mut ws).await;
+    assert!(r[0]["connect"]["client"].is_string(), "{r:?}");
+    ws
+}
+
+pub async fn api(hub: &Hub, method: &str, body: Value) -> (u16, Value) {
+    let res = reqwest::Client::new()
+        .post(hub.url(&format!("/api/{method}")))
+        .header("X-API-Key", API_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
