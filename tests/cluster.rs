@@ -228,8 +228,9 @@ async fn killed_node_clients_recover_elsewhere(engine: Engine) {
         sse_events.push(sse.next().await);
     }
     victim.kill();
+    sse_events.extend(sse.drain(Duration::from_millis(100)).await);
     // Publications keep coming while the clients are away.
-    sse_events.extend(sse.drain(Duration::from_millis(300)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let last_id = sse_events.last().unwrap().id.clone().unwrap();
     let last_offset = over_ws.last().unwrap().1;
 
