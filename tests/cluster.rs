@@ -84,6 +84,35 @@ fn prefix(test: &str, engine: Engine) -> String {
     format!("t{}-{test}-{}", std::process::id(), engine.name())
 }
 
+/// Removes what a test left in the shared Redis or NATS.
+async fn clean_up(engine: Engine, prefix: &str) {
+    match engine {
+        Engine::Redis => {
+            let client = redis::Client::open(engine.url(6379)).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}:*"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if !keys.is_empty() {
+                let _: () = redis::cmd("DEL")
+                    .arg(keys)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+        Engine::Nats => {
+            let client = async_nats::connect(engine.url(4222)).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            for name in ["LOG", "IDS", "PRESENCE"] {
+                let _ = js.delete_stream(format!("{prefix}_{name}")).await;
+            }
+        }
+    }
+}
+
 async fn subscribe(ws: &mut Ws, id: u32, channel: &str, position: Option<(u64, &str)>) -> Value {
     let mut sub = json!({"channel": channel});
     if let Some((offset, epoch)) = position {
@@ -160,6 +189,7 @@ async fn fan_out_reaches_every_node_in_order(engine: Engine) {
     let mut replay = open(&nodes[0], "topic=orders", &[("Last-Event-ID", &live_id)]).await;
     publish(&nodes[1], "orders", r#"{"i":32}"#).await;
     assert_eq!(sse_numbers(&[replay.next().await]), vec![32]);
+    clean_up(engine, &p).await;
 }
 
 #[tokio::test]
@@ -267,6 +297,7 @@ async fn killed_node_clients_recover_elsewhere(engine: Engine) {
         "WebSocket: nothing lost, nothing repeated"
     );
     assert_eq!(numbers, expected, "SSE: nothing lost, nothing repeated");
+    clean_up(engine, &p).await;
 }
 
 #[tokio::test]
@@ -526,6 +557,7 @@ async fn presence_spans_nodes_and_dead_nodes_expire(engine: Engine) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     drop(bob);
+    clean_up(engine, &p).await;
 }
 
 #[tokio::test]

@@ -1,12 +1,774 @@
-//! The NATS engine (JetStream).
-use super::{Engine, EngineError, EngineOptions};
+//! The NATS engine: history, fan-out between nodes and presence on
+//! JetStream.
+//!
+//! - Stream `P_LOG`, subjects `P.ch.<channel>` (the channel name in
+//!   unpadded URL-safe base64, so any name is a valid subject token). Its
+//!   sequence is the hub-wide `seq`; each message carries its channel
+//!   `offset`, `epoch` and time in headers, the draft in the body.
+//! - Per-channel offsets come from optimistic concurrency: a node publishes
+//!   with `Nats-Expected-Last-Subject-Sequence` set to the channel's last
+//!   message it knows, so two nodes can never give out the same offset; the
+//!   loser re-reads the channel's tip and tries again. A channel's epoch is
+//!   born with a marker message (offset 0) written the same way, so a
+//!   position handed to a subscriber before the first publication stays
+//!   valid. When all of a channel's messages are gone, so is its epoch: the
+//!   next one is new, and clients are told their position is lost.
+//! - Stream `P_IDS`, subjects `P.id.<id>`: a Mercure event id's `seq`
+//!   (written only if absent, so the earliest wins).
+//! - Stream `P_PRESENCE`, subjects `P.pr.<channel>.<client>`: the client's
+//!   info, one message per subject, the stream's age limit as presence TTL.
+//!   (Plain streams rather than the key-value API: the same thing, and it
+//!   works with older servers.)
+//! - Subject `P.events`: join/leave and server API commands (core NATS).
+//!
+//! Every node reads `P_LOG` with an ordered consumer from the last `seq` it
+//! delivered.
 
-/// History, broker and presence on NATS JetStream.
-pub struct NatsEngine;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::HeaderMap;
+use async_trait::async_trait;
+use base64::Engine as _;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use super::{Backoff, Broker, Engine, EngineError, EngineOptions, Envelope, Feed, PresenceStore};
+use crate::history::{new_epoch, History, HistoryError, StreamPosition};
+use crate::hub::publication::now_ms;
+use crate::hub::{ClientInfo, Draft, Publication};
+
+const OFFSET: &str = "Tidings-Offset";
+const EPOCH: &str = "Tidings-Epoch";
+const TIME: &str = "Tidings-Time";
+const MARKER: &str = "Tidings-Marker";
+const EXPECTED: &str = "Nats-Expected-Last-Subject-Sequence";
+/// Tries before an append gives up on a channel other nodes keep writing.
+const CAS_TRIES: usize = 32;
+/// Channel tips remembered; the cache is cleared past this.
+const TIPS: usize = 100_000;
+
+fn err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Nats(e.to_string())
+}
+
+fn token(s: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+/// The newest message of a channel: where the next one goes.
+#[derive(Clone)]
+struct Tip {
+    subject_seq: u64,
+    offset: u64,
+    epoch: Arc<str>,
+}
+
+/// History, broker and presence on one NATS JetStream.
+#[derive(Clone)]
+pub struct NatsEngine {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    log: stream::Stream,
+    ids: stream::Stream,
+    presence: stream::Stream,
+    options: EngineOptions,
+    tips: Arc<Mutex<HashMap<String, Tip>>>,
+}
 
 impl NatsEngine {
-    /// Connects to `url`.
-    pub async fn connect(_url: &str, _options: EngineOptions) -> Result<Engine, EngineError> {
-        Err(EngineError::Nats("not yet".into()))
+    /// Connects to `url` (`nats://host:port`), creating the stream and the
+    /// buckets if they do not exist, and returns the engine's parts.
+    pub async fn connect(url: &str, options: EngineOptions) -> Result<Engine, EngineError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connect(url)
+            .await
+            .map_err(err)?;
+        let js = jetstream::new(client.clone());
+        let p = &options.prefix;
+        let retention = &options.retention;
+        let all = std::iter::once(&retention.default).chain(retention.namespaces.values());
+        let (mut size, mut ttl) = (1, Duration::from_secs(1));
+        for r in all {
+            size = size.max(r.size);
+            ttl = ttl.max(r.ttl).max(r.meta_ttl.min(r.ttl));
+        }
+        let log = js
+            .get_or_create_stream(stream::Config {
+                name: format!("{p}_LOG"),
+                subjects: vec![format!("{p}.ch.>")],
+                // One more than the history: the epoch marker.
+                max_messages_per_subject: size as i64 + 1,
+                max_age: ttl,
+                storage: stream::StorageType::File,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(format!("stream {p}_LOG: {e}")))?;
+        let ids = keyed(&js, format!("{p}_IDS"), format!("{p}.id.>"), ttl).await?;
+        let presence = keyed(
+            &js,
+            format!("{p}_PRESENCE"),
+            format!("{p}.pr.>"),
+            options.presence_ttl,
+        )
+        .await?;
+        let presence_ttl = options.presence_ttl;
+        let engine = Arc::new(NatsEngine {
+            client,
+            js,
+            log,
+            ids,
+            presence,
+            options,
+            tips: Arc::default(),
+        });
+        Ok(Engine {
+            name: "nats",
+            history: engine.clone(),
+            broker: engine.clone(),
+            presence: engine,
+            presence_ttl,
+        })
+    }
+
+    /// `P.pr.<channel>.<client>`; `*` as the client matches them all.
+    fn presence_subject(&self, channel: &str, client: &str) -> String {
+        let client = if client == "*" {
+            "*".to_owned()
+        } else {
+            format!("c{}", token(client))
+        };
+        format!("{}.pr.c{}.{client}", self.options.prefix, token(channel))
+    }
+
+    fn subject(&self, channel: &str) -> String {
+        format!("{}.ch.c{}", self.options.prefix, token(channel))
+    }
+
+    /// The channel's newest message, read from the stream.
+    async fn read_tip(&self, channel: &str) -> Result<Option<Tip>, EngineError> {
+        match self
+            .log
+            .direct_get_last_for_subject(self.subject(channel))
+            .await
+        {
+            Ok(m) => {
+                let (offset, epoch) = position_of(&m.headers).ok_or_else(|| err("bad headers"))?;
+                Ok(Some(Tip {
+                    subject_seq: m.sequence,
+                    offset,
+                    epoch: epoch.into(),
+                }))
+            }
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    async fn tip(&self, channel: &str) -> Result<Option<Tip>, EngineError> {
+        if let Some(t) = self.tips.lock().get(channel) {
+            return Ok(Some(t.clone()));
+        }
+        self.read_tip(channel).await
+    }
+
+    fn remember(&self, channel: &str, tip: Tip) {
+        let mut tips = self.tips.lock();
+        if tips.len() >= TIPS {
+            tips.clear();
+        }
+        tips.insert(channel.to_owned(), tip);
+    }
+
+    /// Writes one message after the channel's tip, retrying when another
+    /// node got there first. A marker (no draft) only fixes the epoch, and
+    /// only on a channel with no messages.
+    async fn write(
+        &self,
+        channel: &str,
+        draft: Option<&Draft>,
+    ) -> Result<(u64, Tip, u64), EngineError> {
+        let subject = self.subject(channel);
+        let body = draft
+            .map(|d| postcard::to_stdvec(d).unwrap_or_default())
+            .unwrap_or_default();
+        for _ in 0..CAS_TRIES {
+            let tip = self.tip(channel).await?;
+            if draft.is_none() {
+                if let Some(t) = tip {
+                    return Ok((0, t, 0));
+                }
+            }
+            let (expected, offset, epoch) = match &tip {
+                Some(t) => (t.subject_seq, t.offset + 1, t.epoch.clone()),
+                None => (0, u64::from(draft.is_some()), new_epoch()),
+            };
+            let time = now_ms();
+            let mut headers = HeaderMap::new();
+            headers.insert(EXPECTED, expected.to_string().as_str());
+            headers.insert(OFFSET, offset.to_string().as_str());
+            headers.insert(EPOCH, &*epoch);
+            headers.insert(TIME, time.to_string().as_str());
+            if draft.is_none() {
+                headers.insert(MARKER, "1");
+            }
+            let sent = self
+                .js
+                .publish_with_headers(subject.clone(), headers, body.clone().into())
+                .await
+                .map_err(err)?
+                .await;
+            match sent {
+                Ok(ack) => {
+                    let tip = Tip {
+                        subject_seq: ack.sequence,
+                        offset,
+                        epoch,
+                    };
+                    self.remember(channel, tip.clone());
+                    return Ok((ack.sequence, tip, time));
+                }
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    self.tips.lock().remove(channel);
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Err(err(format!(
+            "channel {channel:?}: gave up after {CAS_TRIES} concurrent writes"
+        )))
+    }
+
+    /// Appends one channel's drafts in order.
+    async fn append_channel(
+        &self,
+        drafts: Vec<(usize, Draft)>,
+    ) -> Result<Vec<(usize, Arc<Publication>)>, EngineError> {
+        let mut out = Vec::with_capacity(drafts.len());
+        for (i, draft) in drafts {
+            let (seq, tip, time) = self.write(&draft.channel.clone(), Some(&draft)).await?;
+            // The earliest publication with an id wins, as on one node.
+            let mut headers = HeaderMap::new();
+            headers.insert(EXPECTED, "0");
+            let subject = format!("{}.id.c{}", self.options.prefix, token(&draft.id));
+            if let Ok(ack) = self
+                .js
+                .publish_with_headers(subject, headers, seq.to_string().into())
+                .await
+            {
+                let _ = ack.await;
+            }
+            out.push((
+                i,
+                Arc::new(Publication::new(draft, seq, tip.offset, tip.epoch, time)),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Reads the log (or one channel's subject) from `start` in order with
+    /// an ordered consumer, while `keep` says so, at most `limit` messages.
+    async fn scan(
+        &self,
+        filter: String,
+        policy: consumer::DeliverPolicy,
+        limit: usize,
+        mut keep: impl FnMut(u64) -> bool,
+    ) -> Result<Vec<Arc<Publication>>, EngineError> {
+        let consumer = self
+            .log
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: filter,
+                deliver_policy: policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(err)?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(Vec::new());
+        }
+        let mut messages = consumer.messages().await.map_err(err)?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let next = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
+            let Ok(Some(msg)) = next else {
+                return Err(err("the stream stopped answering"));
+            };
+            let msg = msg.map_err(err)?;
+            let info = msg.info().map_err(err)?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            if !keep(seq) {
+                break;
+            }
+            if let Some(p) = self.decode(seq, &msg.message)? {
+                out.push(Arc::new(p));
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// A stored message as a publication (None for a marker or one past
+    /// its channel's TTL).
+    fn decode(
+        &self,
+        seq: u64,
+        msg: &async_nats::Message,
+    ) -> Result<Option<Publication>, EngineError> {
+        let headers = msg
+            .headers
+            .as_ref()
+            .ok_or_else(|| err("message without headers"))?;
+        if headers.get(MARKER).is_some() {
+            return Ok(None);
+        }
+        let (offset, epoch) = position_of(headers).ok_or_else(|| err("bad headers"))?;
+        let time: u64 = header(headers, TIME).unwrap_or(0);
+        let draft: Draft =
+            postcard::from_bytes(&msg.payload).map_err(|_| err("unreadable publication"))?;
+        let ttl = self.options.retention.for_channel(&draft.channel).ttl;
+        if time + (ttl.as_millis() as u64) < now_ms() {
+            return Ok(None);
+        }
+        Ok(Some(Publication::new(
+            draft,
+            seq,
+            offset,
+            epoch.into(),
+            time,
+        )))
+    }
+
+    /// When the stream was created: a different answer means it was lost
+    /// and made again (its sequence restarted).
+    async fn log_created(&self) -> Result<String, EngineError> {
+        let mut log = self.log.clone();
+        let info = log.info().await.map_err(err)?;
+        Ok(info.created.to_string())
+    }
+
+    async fn last_seq(&self) -> Result<u64, EngineError> {
+        let mut log = self.log.clone();
+        Ok(log.info().await.map_err(err)?.state.last_sequence)
+    }
+
+    /// Tails `P_LOG` into `tx` until the receiver goes away.
+    async fn run_feed(self: Arc<Self>, mut after: u64, tx: mpsc::Sender<Feed>) {
+        let mut backoff = Backoff::new();
+        let mut known: Option<String> = None;
+        'connect: while !tx.is_closed() {
+            let created = match self.log_created().await {
+                Ok(c) => c,
+                Err(e) => {
+                    crate::metrics::engine_error("nats", "feed");
+                    tracing::warn!(error = %e, "nats feed: stream unavailable; retrying");
+                    self.recreate_log().await;
+                    backoff.wait().await;
+                    continue;
+                }
+            };
+            if known.as_ref().is_some_and(|k| *k != created) {
+                after = self.last_seq().await.unwrap_or(0);
+                self.tips.lock().clear();
+                let why = "the JetStream stream was lost and created again".to_owned();
+                if tx
+                    .send(Feed::Reset {
+                        last_seq: after,
+                        why,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            known = Some(created);
+            let consumer = self
+                .log
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: after + 1,
+                    },
+                    ..Default::default()
+                })
+                .await;
+            let messages = match consumer {
+                Ok(c) => c.messages().await,
+                Err(e) => {
+                    crate::metrics::engine_error("nats", "feed");
+                    tracing::warn!(error = %e, "nats feed: cannot read the stream; retrying");
+                    backoff.wait().await;
+                    continue;
+                }
+            };
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    crate::metrics::engine_error("nats", "feed");
+                    tracing::warn!(error = %e, "nats feed: cannot read the stream; retrying");
+                    backoff.wait().await;
+                    continue;
+                }
+            };
+            backoff.reset();
+            loop {
+                // Wake up now and then to notice a stuck consumer.
+                let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
+                let msg = match next {
+                    // Quiet: fine if nothing is pending, else the consumer
+                    // is stuck (the server restarted) and is made again.
+                    Err(_) => {
+                        let created = self.log_created().await.ok();
+                        let caught_up = matches!(self.last_seq().await, Ok(l) if l <= after);
+                        if created.is_some() && created == known && caught_up {
+                            continue;
+                        }
+                        continue 'connect;
+                    }
+                    Ok(None) => continue 'connect,
+                    Ok(Some(Err(e))) => {
+                        crate::metrics::engine_error("nats", "feed");
+                        tracing::warn!(error = %e, "nats feed failed; resuming");
+                        backoff.wait().await;
+                        continue 'connect;
+                    }
+                    Ok(Some(Ok(m))) => m,
+                };
+                let Ok(info) = msg.info() else {
+                    continue;
+                };
+                let seq = info.stream_sequence;
+                if seq <= after {
+                    continue;
+                }
+                if seq > after + 1 {
+                    let why = format!(
+                        "publications {}..{} were removed before this node read them",
+                        after + 1,
+                        seq - 1
+                    );
+                    if tx
+                        .send(Feed::Reset {
+                            last_seq: seq - 1,
+                            why,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                after = seq;
+                match self.decode(seq, &msg.message) {
+                    Ok(Some(p)) => {
+                        if tx
+                            .send(Feed::Publications(vec![Arc::new(p)]))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        crate::metrics::engine_error("nats", "decode");
+                        tracing::error!(error = %e, "nats feed: skipping a message");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes the stream again after the server lost it (best effort).
+    async fn recreate_log(&self) {
+        let mut log = self.log.clone();
+        let config = match log.info().await {
+            Ok(i) => i.config.clone(),
+            Err(_) => stream::Config {
+                name: format!("{}_LOG", self.options.prefix),
+                subjects: vec![format!("{}.ch.>", self.options.prefix)],
+                allow_direct: true,
+                ..Default::default()
+            },
+        };
+        let _ = self.js.get_or_create_stream(config).await;
+    }
+
+    /// Forwards other nodes' events from `P.events` into `tx`.
+    async fn run_events(self: Arc<Self>, node: String, tx: mpsc::Sender<Feed>) {
+        let mut backoff = Backoff::new();
+        let subject = format!("{}.events", self.options.prefix);
+        while !tx.is_closed() {
+            let mut sub = match self.client.subscribe(subject.clone()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    crate::metrics::engine_error("nats", "events");
+                    tracing::warn!(error = %e, "nats events: cannot subscribe; retrying");
+                    backoff.wait().await;
+                    continue;
+                }
+            };
+            backoff.reset();
+            while let Some(msg) = sub.next().await {
+                let Some(envelope) = Envelope::from_bytes(&msg.payload) else {
+                    crate::metrics::engine_error("nats", "decode");
+                    continue;
+                };
+                if envelope.node != node && tx.send(Feed::Event(envelope.event)).await.is_err() {
+                    return;
+                }
+            }
+            backoff.wait().await;
+        }
+    }
+}
+
+/// A stream keeping one message per subject: a small key-value table.
+async fn keyed(
+    js: &jetstream::Context,
+    name: String,
+    subjects: String,
+    ttl: Duration,
+) -> Result<stream::Stream, EngineError> {
+    js.get_or_create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![subjects],
+        max_messages_per_subject: 1,
+        max_age: ttl,
+        storage: stream::StorageType::File,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| err(format!("stream {name}: {e}")))
+}
+
+fn header<T: std::str::FromStr>(headers: &HeaderMap, name: &str) -> Option<T> {
+    headers.get(name)?.as_str().parse().ok()
+}
+
+fn position_of(headers: &HeaderMap) -> Option<(u64, String)> {
+    Some((
+        header(headers, OFFSET)?,
+        headers.get(EPOCH)?.as_str().to_owned(),
+    ))
+}
+
+#[async_trait]
+impl History for NatsEngine {
+    async fn append(&self, drafts: Vec<Draft>) -> Result<Vec<Arc<Publication>>, HistoryError> {
+        let n = drafts.len();
+        // Channels are independent: write them concurrently, each in order.
+        let mut by_channel: HashMap<String, Vec<(usize, Draft)>> = HashMap::new();
+        for (i, d) in drafts.into_iter().enumerate() {
+            by_channel
+                .entry(d.channel.clone())
+                .or_default()
+                .push((i, d));
+        }
+        let results =
+            futures::future::join_all(by_channel.into_values().map(|d| self.append_channel(d)))
+                .await;
+        let mut out: Vec<Option<Arc<Publication>>> = vec![None; n];
+        for r in results {
+            for (i, p) in r? {
+                out[i] = Some(p);
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    async fn seq_of(&self, id: &str) -> Result<Option<u64>, HistoryError> {
+        let subject = format!("{}.id.c{}", self.options.prefix, token(id));
+        match self.ids.direct_get_last_for_subject(subject).await {
+            Ok(m) => Ok(std::str::from_utf8(&m.payload)
+                .ok()
+                .and_then(|v| v.parse().ok())),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(err(e).into()),
+        }
+    }
+
+    async fn read_after(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Publication>>, HistoryError> {
+        if upto <= after || self.last_seq().await? <= after {
+            return Ok(Vec::new());
+        }
+        let policy = consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: after + 1,
+        };
+        Ok(self
+            .scan(String::new(), policy, limit, |seq| seq <= upto)
+            .await?)
+    }
+
+    async fn last(&self) -> Result<Option<(u64, String)>, HistoryError> {
+        let last = self.last_seq().await?;
+        // Markers have no id: look back a little for a publication.
+        for seq in (1..=last).rev().take(100) {
+            let Ok(m) = self.log.direct_get(seq).await else {
+                continue;
+            };
+            if m.headers.get(MARKER).is_some() {
+                continue;
+            }
+            if let Ok(d) = postcard::from_bytes::<Draft>(&m.payload) {
+                return Ok(Some((last, d.id)));
+            }
+        }
+        Ok((last > 0).then(|| (last, String::new())))
+    }
+
+    async fn read_channel(
+        &self,
+        channel: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<(Vec<Arc<Publication>>, StreamPosition), HistoryError> {
+        let Some(tip) = self.read_tip(channel).await? else {
+            return Ok((
+                Vec::new(),
+                StreamPosition {
+                    offset: 0,
+                    epoch: String::new(),
+                },
+            ));
+        };
+        self.remember(channel, tip.clone());
+        let position = StreamPosition {
+            offset: tip.offset,
+            epoch: tip.epoch.to_string(),
+        };
+        if tip.offset <= since {
+            return Ok((Vec::new(), position));
+        }
+        let mut pubs = self
+            .scan(
+                self.subject(channel),
+                consumer::DeliverPolicy::All,
+                usize::MAX,
+                |seq| seq <= tip.subject_seq,
+            )
+            .await?;
+        pubs.retain(|p| p.offset > since && *p.epoch == *tip.epoch);
+        pubs.truncate(limit);
+        Ok((pubs, position))
+    }
+
+    async fn position(&self, channel: &str) -> Result<StreamPosition, HistoryError> {
+        let (_, tip, _) = self.write(channel, None).await?;
+        Ok(StreamPosition {
+            offset: tip.offset,
+            epoch: tip.epoch.to_string(),
+        })
+    }
+
+    async fn remove_channel(&self, channel: &str) -> Result<(), HistoryError> {
+        // Keep the newest message: it holds the channel's position.
+        self.log
+            .purge()
+            .filter(self.subject(channel))
+            .keep(1)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn sweep(&self) -> Result<usize, HistoryError> {
+        // JetStream applies the stream's age and per-channel limits itself.
+        Ok(0)
+    }
+
+    async fn close(&self) -> Result<(), HistoryError> {
+        let _ = self.client.flush().await;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Broker for NatsEngine {
+    fn feed(&self, node: String, after: u64) -> mpsc::Receiver<Feed> {
+        let (tx, rx) = mpsc::channel(64);
+        let me = Arc::new(self.clone());
+        tokio::spawn(me.clone().run_feed(after, tx.clone()));
+        tokio::spawn(me.run_events(node, tx));
+        rx
+    }
+
+    async fn broadcast(&self, envelope: &Envelope) -> Result<(), EngineError> {
+        self.client
+            .publish(
+                format!("{}.events", self.options.prefix),
+                envelope.to_bytes().into(),
+            )
+            .await
+            .map_err(err)
+    }
+}
+
+#[async_trait]
+impl PresenceStore for NatsEngine {
+    async fn add(&self, channel: &str, info: &ClientInfo) -> Result<(), EngineError> {
+        let json = serde_json::to_vec(info).unwrap_or_default();
+        self.js
+            .publish(self.presence_subject(channel, &info.client), json.into())
+            .await
+            .map_err(err)?
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn remove(&self, channel: &str, client: &str) -> Result<(), EngineError> {
+        self.presence
+            .purge()
+            .filter(self.presence_subject(channel, client))
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn get(&self, channel: &str) -> Result<HashMap<String, Arc<ClientInfo>>, EngineError> {
+        let consumer = self
+            .presence
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.presence_subject(channel, "*"),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(err)?;
+        let mut left = consumer.cached_info().num_pending;
+        let mut out = HashMap::new();
+        if left == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer.messages().await.map_err(err)?;
+        while left > 0 {
+            let next = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
+            let Ok(Some(msg)) = next else {
+                return Err(err("presence read stopped"));
+            };
+            let msg = msg.map_err(err)?;
+            left = msg.info().map_err(err)?.pending;
+            if let Ok(info) = serde_json::from_slice::<ClientInfo>(&msg.payload) {
+                out.insert(info.client.clone(), Arc::new(info));
+            }
+        }
+        Ok(out)
     }
 }
