@@ -84,6 +84,10 @@ struct BenchArgs {
     /// Publishing connections.
     #[arg(long, default_value_t = 4)]
     publishers: usize,
+    /// Another node (`host:port`) of the same cluster for subscribers
+    /// (repeatable; round-robin). Publishing stays on --url.
+    #[arg(long = "sub-node")]
+    sub_nodes: Vec<String>,
     /// Server process id, for CPU and memory (repeatable).
     #[arg(long = "pid")]
     pids: Vec<u32>,
@@ -272,7 +276,10 @@ async fn bench(args: BenchArgs) -> Result<()> {
         Some(url::Host::Domain(d)) => d == "localhost",
         None => false,
     };
-    if !loopback && !args.allow_remote {
+    let remote_node = args.sub_nodes.iter().any(|n| {
+        !(n.starts_with("127.") || n.starts_with("localhost:") || n.starts_with("[::1]:"))
+    });
+    if (!loopback || remote_node) && !args.allow_remote {
         bail!("{base} is not a loopback address; pass --allow-remote to load another machine");
     }
     let mut target = match args.target.as_str() {
@@ -338,11 +345,13 @@ async fn bench(args: BenchArgs) -> Result<()> {
                     headers,
                 },
                 pids: Vec::new(),
+                sub_nodes: Vec::new(),
             }
         }
         other => bail!("unknown --target {other:?}"),
     };
     target.pids = args.pids.clone();
+    target.sub_nodes = args.sub_nodes.clone();
     let scenario = Scenario {
         name: args.scenario.clone(),
         channels: args.channels,

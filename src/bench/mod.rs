@@ -74,6 +74,9 @@ pub struct Target {
     pub publish: Publish,
     /// The server's processes, for CPU and memory.
     pub pids: Vec<u32>,
+    /// Other nodes (`host:port`) of the same cluster: subscribers are
+    /// spread over them round-robin instead of the publishing node.
+    pub sub_nodes: Vec<String>,
 }
 
 impl Target {
@@ -99,6 +102,7 @@ impl Target {
                 ],
             },
             pids: Vec::new(),
+            sub_nodes: Vec::new(),
         }
     }
 
@@ -127,6 +131,7 @@ impl Target {
                 ],
             },
             pids: Vec::new(),
+            sub_nodes: Vec::new(),
         }
     }
 
@@ -154,11 +159,33 @@ impl Target {
                 headers: vec![("content-type".into(), "application/json".into())],
             },
             pids: Vec::new(),
+            sub_nodes: Vec::new(),
         }
     }
 
-    fn subscribe_to(&self, channel: &str) -> Subscribe {
-        let fill = |s: &str| s.replace("{channel}", channel);
+    /// How subscriber `i` of `channel` connects.
+    fn subscribe_to(&self, channel: &str, i: usize) -> Subscribe {
+        let node = match (
+            self.sub_nodes.is_empty(),
+            url::Url::parse(&self.publish.url),
+        ) {
+            (false, Ok(u)) => Some((
+                format!(
+                    "{}:{}",
+                    u.host_str().unwrap_or(""),
+                    u.port_or_known_default().unwrap_or(80)
+                ),
+                &self.sub_nodes[i % self.sub_nodes.len()],
+            )),
+            _ => None,
+        };
+        let fill = |s: &str| {
+            let s = s.replace("{channel}", channel);
+            match &node {
+                Some((from, to)) => s.replace(from.as_str(), to),
+                None => s,
+            }
+        };
         match &self.subscribe {
             Subscribe::Sse { url, headers } => Subscribe::Sse {
                 url: fill(url),
@@ -245,7 +272,7 @@ async fn run_inner(
     let subscribers: Vec<(usize, Result<Subscriber, BenchError>)> = stream::iter(0..total)
         .map(|i| {
             let channel = i % scenario.channels;
-            let how = target.subscribe_to(&channels[channel]);
+            let how = target.subscribe_to(&channels[channel], i);
             let stop = stop.clone();
             let bar = bar.clone();
             async move {

@@ -427,6 +427,7 @@ impl NatsEngine {
                 let msg = match next {
                     // Quiet: fine if nothing is pending, else the consumer
                     // is stuck (the server restarted) and is made again.
+                    Err(_) if tx.is_closed() => return,
                     Err(_) => {
                         let created = self.log_created().await.ok();
                         let caught_up = matches!(self.last_seq().await, Ok(l) if l <= after);

@@ -269,6 +269,9 @@ impl RedisEngine {
                     }
                 }
                 known_gen = Some(gen);
+                if tx.is_closed() {
+                    return;
+                }
                 let reply: Result<Option<StreamReadReply>, _> = conn
                     .xread_options(&[&log], &[format!("{after}-0")], &read)
                     .await;

@@ -362,7 +362,7 @@ impl Hub {
         let hub = Hub::build(
             engine.history.clone(),
             Some(cluster),
-            Presence::shared(engine.presence.clone()),
+            Presence::shared(engine.presence.clone(), engine.name),
             options,
         );
         hub.fanout.last_seq.store(after, Ordering::Release);

@@ -37,14 +37,17 @@ type Clients = HashMap<String, Arc<ClientInfo>>;
 pub struct Presence {
     channels: Mutex<HashMap<String, Clients>>,
     store: Option<Arc<dyn PresenceStore>>,
+    /// The engine's name, for metrics.
+    engine: &'static str,
 }
 
 impl Presence {
-    /// Presence kept in `store` too (a shared engine).
-    pub fn shared(store: Arc<dyn PresenceStore>) -> Self {
+    /// Presence kept in `store` too (the shared engine `engine`).
+    pub fn shared(store: Arc<dyn PresenceStore>, engine: &'static str) -> Self {
         Presence {
             channels: Mutex::default(),
             store: Some(store),
+            engine,
         }
     }
 
@@ -55,9 +58,10 @@ impl Presence {
             .entry(channel.to_owned())
             .or_default()
             .insert(info.client.clone(), info.clone());
+        let engine = self.engine;
         if let Some(store) = &self.store {
             if let Err(e) = store.add(channel, &info).await {
-                crate::metrics::engine_error("presence", "add");
+                crate::metrics::engine_error(engine, "presence_add");
                 tracing::warn!(error = %e, channel, "shared presence: add failed");
             }
         }
@@ -80,9 +84,10 @@ impl Presence {
             return;
         };
         let (store, channel, client) = (store.clone(), channel.to_owned(), client.to_owned());
+        let engine = self.engine;
         runtime.spawn(async move {
             if let Err(e) = store.remove(&channel, &client).await {
-                crate::metrics::engine_error("presence", "remove");
+                crate::metrics::engine_error(engine, "presence_remove");
                 tracing::warn!(error = %e, channel, "shared presence: remove failed");
             }
         });
@@ -91,11 +96,12 @@ impl Presence {
     /// Everyone in `channel`, by client id (on every node with a shared
     /// engine; this node's only if the engine cannot be reached).
     pub async fn get(&self, channel: &str) -> Clients {
+        let engine = self.engine;
         if let Some(store) = &self.store {
             match store.get(channel).await {
                 Ok(clients) => return clients,
                 Err(e) => {
-                    crate::metrics::engine_error("presence", "get");
+                    crate::metrics::engine_error(engine, "presence_get");
                     tracing::warn!(error = %e, channel, "shared presence: read failed; answering with this node's");
                 }
             }
@@ -126,6 +132,7 @@ impl Presence {
         let Some(store) = &self.store else {
             return;
         };
+        let engine = self.engine;
         let entries: Vec<(String, Arc<ClientInfo>)> = self
             .channels
             .lock()
@@ -134,7 +141,7 @@ impl Presence {
             .collect();
         for (channel, info) in entries {
             if let Err(e) = store.add(&channel, &info).await {
-                crate::metrics::engine_error("presence", "refresh");
+                crate::metrics::engine_error(engine, "presence_refresh");
                 tracing::warn!(error = %e, "shared presence: refresh failed");
                 return;
             }
