@@ -159,6 +159,40 @@ pub struct EngineOptions {
     pub presence_ttl: std::time::Duration,
 }
 
+/// Tells the node about publications it can never read (`after + 1` up to
+/// `next - 1` are gone from the log); false when the node went away.
+pub(crate) async fn report_gap(tx: &mpsc::Sender<Feed>, after: u64, next: u64) -> bool {
+    if next <= after + 1 {
+        return true;
+    }
+    let why = format!(
+        "publications {}..{} left the log before this node read them",
+        after + 1,
+        next - 1
+    );
+    tx.send(Feed::Reset {
+        last_seq: next - 1,
+        why,
+    })
+    .await
+    .is_ok()
+}
+
+/// Passes another node's event on to this node; false when the node went
+/// away. Undecodable events are counted and skipped.
+pub(crate) async fn forward_event(
+    tx: &mpsc::Sender<Feed>,
+    node: &str,
+    engine: &'static str,
+    bytes: &[u8],
+) -> bool {
+    let Some(envelope) = Envelope::from_bytes(bytes) else {
+        crate::metrics::engine_error(engine, "decode");
+        return true;
+    };
+    envelope.node == node || tx.send(Feed::Event(envelope.event)).await.is_ok()
+}
+
 /// Retries with exponential backoff (100 ms doubling to 5 s): how the feeds
 /// reconnect.
 pub(crate) struct Backoff(std::time::Duration);

@@ -36,7 +36,10 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use super::{Backoff, Broker, Engine, EngineError, EngineOptions, Envelope, Feed, PresenceStore};
+use super::{
+    forward_event, report_gap, Backoff, Broker, Engine, EngineError, EngineOptions, Envelope, Feed,
+    PresenceStore,
+};
 use crate::history::{new_epoch, History, HistoryError, StreamPosition};
 use crate::hub::publication::now_ms;
 use crate::hub::{ClientInfo, Draft, Publication};
@@ -452,22 +455,8 @@ impl NatsEngine {
                 if seq <= after {
                     continue;
                 }
-                if seq > after + 1 {
-                    let why = format!(
-                        "publications {}..{} were removed before this node read them",
-                        after + 1,
-                        seq - 1
-                    );
-                    if tx
-                        .send(Feed::Reset {
-                            last_seq: seq - 1,
-                            why,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
+                if !report_gap(&tx, after, seq).await {
+                    return;
                 }
                 after = seq;
                 match self.decode(seq, &msg.message) {
@@ -521,11 +510,7 @@ impl NatsEngine {
             };
             backoff.reset();
             while let Some(msg) = sub.next().await {
-                let Some(envelope) = Envelope::from_bytes(&msg.payload) else {
-                    crate::metrics::engine_error("nats", "decode");
-                    continue;
-                };
-                if envelope.node != node && tx.send(Feed::Event(envelope.event)).await.is_err() {
+                if !forward_event(&tx, &node, "nats", &msg.payload).await {
                     return;
                 }
             }

@@ -28,7 +28,10 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadRe
 use redis::{AsyncConnectionConfig, AsyncTypedCommands, Script};
 use tokio::sync::mpsc;
 
-use super::{Backoff, Broker, Engine, EngineError, EngineOptions, Envelope, Feed, PresenceStore};
+use super::{
+    forward_event, report_gap, Backoff, Broker, Engine, EngineError, EngineOptions, Envelope, Feed,
+    PresenceStore,
+};
 use crate::history::{new_epoch, History, HistoryError, StreamPosition};
 use crate::hub::{ClientInfo, Draft, Publication};
 
@@ -305,22 +308,8 @@ impl RedisEngine {
                     .first()
                     .and_then(|e| e.id.split('-').next()?.parse::<u64>().ok());
                 if let (Some(first), Some(last)) = (first, last) {
-                    if first > after + 1 {
-                        let why = format!(
-                            "publications {}..{} were trimmed from the log before this node read them",
-                            after + 1,
-                            first - 1
-                        );
-                        if tx
-                            .send(Feed::Reset {
-                                last_seq: first - 1,
-                                why,
-                            })
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
+                    if !report_gap(&tx, after, first).await {
+                        return;
                     }
                     after = last;
                 }
@@ -355,11 +344,7 @@ impl RedisEngine {
             backoff.reset();
             let mut messages = pubsub.into_on_message();
             while let Some(msg) = messages.next().await {
-                let Some(envelope) = Envelope::from_bytes(msg.get_payload_bytes()) else {
-                    crate::metrics::engine_error("redis", "decode");
-                    continue;
-                };
-                if envelope.node != node && tx.send(Feed::Event(envelope.event)).await.is_err() {
+                if !forward_event(&tx, &node, "redis", msg.get_payload_bytes()).await {
                     return;
                 }
             }
