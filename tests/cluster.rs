@@ -581,3 +581,42 @@ async fn redis_presence_spans_nodes_and_dead_nodes_expire() {
 async fn nats_presence_spans_nodes_and_dead_nodes_expire() {
     presence_spans_nodes_and_dead_nodes_expire(Engine::Nats).await;
 }
+
+async fn graceful_shutdown_sends_clients_elsewhere(engine: Engine) {
+    if !engine.available() {
+        return;
+    }
+    let p = prefix("drain", engine);
+    let port = engine.default_port();
+    let a = node(engine, port, &p, &[]);
+    let mut leaving = node(engine, port, &p, &[]);
+    let mut ws = connected(&leaving, "gina").await;
+    let sub = subscribe(&mut ws, 2, "news", None).await;
+    let epoch = sub["epoch"].as_str().unwrap().to_owned();
+    assert!(publish_i(&a, "news", 1).await);
+    let mut got = Vec::new();
+    while got.is_empty() {
+        got = pushed(&mut ws).await;
+    }
+    assert_eq!(got, vec![(1, 1)]);
+    // SIGTERM: the client is told to reconnect (3001), not dropped.
+    leaving.terminate();
+    assert_eq!(closed(&mut ws).await.0, 3001);
+    assert!(leaving.stop(), "the node exits cleanly");
+    assert!(publish_i(&a, "news", 2).await);
+    let mut ws = connected(&a, "gina").await;
+    let sub = subscribe(&mut ws, 2, "news", Some((1, &epoch))).await;
+    assert_eq!(sub["recovered"], true, "{sub}");
+    assert_eq!(sub["publications"][0]["data"]["i"], 2);
+    clean_up(engine, &p).await;
+}
+
+#[tokio::test]
+async fn redis_graceful_shutdown_sends_clients_elsewhere() {
+    graceful_shutdown_sends_clients_elsewhere(Engine::Redis).await;
+}
+
+#[tokio::test]
+async fn nats_graceful_shutdown_sends_clients_elsewhere() {
+    graceful_shutdown_sends_clients_elsewhere(Engine::Nats).await;
+}
