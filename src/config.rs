@@ -130,6 +130,28 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("centrifugo.channel.force_recovery", Kind::Bool),
     ("centrifugo.channel.history_size", Kind::Int),
     ("centrifugo.channel.history_ttl", Kind::Str),
+    ("centrifugo.channel.subscribe_proxy", Kind::Bool),
+    ("centrifugo.channel.publish_proxy", Kind::Bool),
+    ("centrifugo.channel.sub_refresh_proxy", Kind::Bool),
+    ("centrifugo.channel.wildcards", Kind::Bool),
+    ("centrifugo.channel.webhooks", Kind::Bool),
+    ("proxy.timeout", Kind::Str),
+    ("proxy.http_headers", Kind::List),
+    ("proxy.connect_endpoint", Kind::Str),
+    ("proxy.refresh_endpoint", Kind::Str),
+    ("proxy.subscribe_endpoint", Kind::Str),
+    ("proxy.publish_endpoint", Kind::Str),
+    ("proxy.sub_refresh_endpoint", Kind::Str),
+    ("proxy.rpc_endpoint", Kind::Str),
+    ("proxy.mercure_endpoint", Kind::Str),
+    ("webhooks.endpoints", Kind::List),
+    ("webhooks.secret", Kind::Str),
+    ("webhooks.events", Kind::List),
+    ("webhooks.batch_size", Kind::Int),
+    ("webhooks.batch_wait", Kind::Str),
+    ("webhooks.timeout", Kind::Str),
+    ("webhooks.max_backoff", Kind::Str),
+    ("webhooks.max_queue", Kind::Int),
 ];
 
 /// The environment variable of a key.
@@ -167,6 +189,92 @@ pub struct Config {
     pub mercure: MercureConfig,
     /// The Centrifugo protocol (WebSocket) and server API.
     pub centrifugo: CentrifugoConfig,
+    /// Proxies: the application's backend decides on client events.
+    pub proxy: ProxyConfig,
+    /// Webhooks: the application's backend is told what happened.
+    pub webhooks: WebhooksConfig,
+}
+
+/// `[proxy]`: endpoints of the application asked to decide on client
+/// events (Centrifugo's proxy request/response format), and the Mercure
+/// authorization hook.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// How long one proxy request may take.
+    pub timeout: String,
+    /// Headers of the client's connection request forwarded to the backend.
+    pub http_headers: Vec<String>,
+    /// Asked when a client connects without a token.
+    pub connect_endpoint: Option<String>,
+    /// Asked when a connection's session expires.
+    pub refresh_endpoint: Option<String>,
+    /// Asked on subscribe in namespaces with `subscribe_proxy`.
+    pub subscribe_endpoint: Option<String>,
+    /// Asked on client publish in namespaces with `publish_proxy`.
+    pub publish_endpoint: Option<String>,
+    /// Asked when a subscription expires in namespaces with `sub_refresh_proxy`.
+    pub sub_refresh_endpoint: Option<String>,
+    /// Answers client RPC calls.
+    pub rpc_endpoint: Option<String>,
+    /// Decides Mercure publishes and subscriptions instead of JWT claims.
+    pub mercure_endpoint: Option<String>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            timeout: "1s".into(),
+            http_headers: Vec::new(),
+            connect_endpoint: None,
+            refresh_endpoint: None,
+            subscribe_endpoint: None,
+            publish_endpoint: None,
+            sub_refresh_endpoint: None,
+            rpc_endpoint: None,
+            mercure_endpoint: None,
+        }
+    }
+}
+
+/// `[webhooks]`: where events are delivered and how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Endpoints receiving every event (each has its own queue).
+    pub endpoints: Vec<String>,
+    /// Secret of the HMAC-SHA256 signature header.
+    pub secret: Option<String>,
+    /// Events delivered.
+    pub events: Vec<String>,
+    /// Most events in one request.
+    pub batch_size: usize,
+    /// How long a batch waits for more events.
+    pub batch_wait: String,
+    /// How long one delivery may take.
+    pub timeout: String,
+    /// Longest pause between retries.
+    pub max_backoff: String,
+    /// Most events queued per endpoint; past it new events are dropped.
+    pub max_queue: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            endpoints: Vec::new(),
+            secret: None,
+            events: crate::integration::webhooks::EventKind::ALL
+                .iter()
+                .map(|e| e.name().to_owned())
+                .collect(),
+            batch_size: 100,
+            batch_wait: "50ms".into(),
+            timeout: "5s".into(),
+            max_backoff: "60s".into(),
+            max_queue: 1_000_000,
+        }
+    }
 }
 
 /// `[admin]`.
@@ -192,6 +300,8 @@ impl Default for Config {
             hub: HubConfig::default(),
             mercure: MercureConfig::default(),
             centrifugo: CentrifugoConfig::default(),
+            proxy: ProxyConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -455,6 +565,25 @@ pub struct Namespace {
     pub history_size: Option<usize>,
     /// Age of kept publications (default `history.ttl`).
     pub history_ttl: Option<String>,
+    /// Ask `proxy.subscribe_endpoint` on subscribe (instead of tokens or
+    /// `allow_subscribe`).
+    pub subscribe_proxy: bool,
+    /// Ask `proxy.publish_endpoint` on client publish.
+    pub publish_proxy: bool,
+    /// Ask `proxy.sub_refresh_endpoint` when a subscription expires.
+    pub sub_refresh_proxy: bool,
+    /// Channel names with URL Pattern syntax (`*`, `:name`…) subscribe to
+    /// every matching channel.
+    pub wildcards: bool,
+    /// Send this namespace's channel events to webhooks (default: on).
+    pub webhooks: Option<bool>,
+}
+
+impl Namespace {
+    /// Whether its channel events go to webhooks.
+    pub fn webhooks_on(&self) -> bool {
+        self.webhooks.unwrap_or(true)
+    }
 }
 
 /// Reads and merges the three sources; `overrides` are `key=value` pairs
@@ -588,6 +717,10 @@ pub struct Settings {
     pub mercure: MercureSettings,
     /// Centrifugo settings.
     pub centrifugo: CentrifugoSettings,
+    /// Proxy endpoints.
+    pub proxy: crate::integration::proxy::ProxySettings,
+    /// Webhook delivery.
+    pub webhooks: crate::integration::webhooks::WebhookSettings,
 }
 
 /// Where history lives.
@@ -720,6 +853,13 @@ fn positive(key: &'static str, v: usize) -> Result<usize, ConfigError> {
         return Err(invalid(key, "must be at least 1"));
     }
     Ok(v)
+}
+
+fn http_url(key: &'static str, raw: &str) -> Result<Url, ConfigError> {
+    match Url::parse(raw) {
+        Ok(u) if ["http", "https"].contains(&u.scheme()) => Ok(u),
+        _ => Err(invalid(key, format!("{raw:?} is not an http(s) URL"))),
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -873,8 +1013,12 @@ impl Config {
                 "must not be empty (leave it unset to turn the dashboard off)",
             ));
         }
+        let proxy = self.validate_proxy(&centrifugo)?;
+        let webhooks = self.validate_webhooks()?;
         Ok(Settings {
             centrifugo,
+            proxy,
+            webhooks,
             demo,
             admin_password: self.admin.password.clone(),
             listen,
@@ -934,6 +1078,107 @@ impl Config {
 }
 
 impl Config {
+    fn validate_proxy(
+        &self,
+        centrifugo: &CentrifugoSettings,
+    ) -> Result<crate::integration::proxy::ProxySettings, ConfigError> {
+        let p = &self.proxy;
+        let endpoint = |key: &'static str, raw: &Option<String>| -> Result<_, ConfigError> {
+            raw.as_deref().map(|u| http_url(key, u)).transpose()
+        };
+        let http_headers = p
+            .http_headers
+            .iter()
+            .map(|h| {
+                axum::http::HeaderName::try_from(h.as_str()).map_err(|_| {
+                    invalid("proxy.http_headers", format!("{h:?} is not a header name"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let settings = crate::integration::proxy::ProxySettings {
+            timeout: duration("proxy.timeout", &p.timeout)?,
+            http_headers,
+            connect: endpoint("proxy.connect_endpoint", &p.connect_endpoint)?,
+            refresh: endpoint("proxy.refresh_endpoint", &p.refresh_endpoint)?,
+            subscribe: endpoint("proxy.subscribe_endpoint", &p.subscribe_endpoint)?,
+            publish: endpoint("proxy.publish_endpoint", &p.publish_endpoint)?,
+            sub_refresh: endpoint("proxy.sub_refresh_endpoint", &p.sub_refresh_endpoint)?,
+            rpc: endpoint("proxy.rpc_endpoint", &p.rpc_endpoint)?,
+            mercure: endpoint("proxy.mercure_endpoint", &p.mercure_endpoint)?,
+        };
+        // A namespace that asks a proxy needs its endpoint.
+        let namespaces =
+            std::iter::once(&centrifugo.default_namespace).chain(centrifugo.namespaces.values());
+        for ns in namespaces {
+            for (on, set, key) in [
+                (
+                    ns.subscribe_proxy,
+                    settings.subscribe.is_some(),
+                    "proxy.subscribe_endpoint",
+                ),
+                (
+                    ns.publish_proxy,
+                    settings.publish.is_some(),
+                    "proxy.publish_endpoint",
+                ),
+                (
+                    ns.sub_refresh_proxy,
+                    settings.sub_refresh.is_some(),
+                    "proxy.sub_refresh_endpoint",
+                ),
+            ] {
+                if on && !set {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "namespace {:?} uses this proxy but no endpoint is configured",
+                            ns.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(settings)
+    }
+
+    fn validate_webhooks(
+        &self,
+    ) -> Result<crate::integration::webhooks::WebhookSettings, ConfigError> {
+        use crate::integration::webhooks::EventKind;
+        let w = &self.webhooks;
+        let endpoints = w
+            .endpoints
+            .iter()
+            .map(|u| http_url("webhooks.endpoints", u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let events = w
+            .events
+            .iter()
+            .map(|name| {
+                EventKind::from_name(name).ok_or_else(|| {
+                    invalid(
+                        "webhooks.events",
+                        format!("{name:?} is not an event (connect, disconnect, subscribe, unsubscribe, occupied, vacated)"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        if w.secret.as_deref() == Some("") {
+            return Err(invalid("webhooks.secret", "must not be empty"));
+        }
+        Ok(crate::integration::webhooks::WebhookSettings {
+            endpoints,
+            secret: w.secret.clone(),
+            events,
+            batch_size: positive("webhooks.batch_size", w.batch_size)?,
+            batch_wait: duration("webhooks.batch_wait", &w.batch_wait)?,
+            timeout: duration("webhooks.timeout", &w.timeout)?,
+            max_backoff: duration("webhooks.max_backoff", &w.max_backoff)?
+                .max(Duration::from_millis(10)),
+            max_queue: positive("webhooks.max_queue", w.max_queue)?,
+        })
+    }
+
     fn retention_policy(&self) -> Result<crate::history::RetentionPolicy, ConfigError> {
         let default = crate::history::Retention {
             size: positive("history.size", self.history.size)?,

@@ -28,6 +28,9 @@
 //! - [`history`]: the `History` trait, memory and disk (redb) stores.
 //! - [`engine`]: Redis and NATS, shared by many nodes: history, fan-out
 //!   between nodes, presence.
+//! - [`integration`]: the application's part: proxies (the backend decides
+//!   on connect, subscribe, publish, RPC…) and webhooks (it is told what
+//!   happened), with their durable event queues.
 //! - [`auth`]: JWT verification and Mercure grants.
 //! - [`api`]: the HTTP endpoints (Mercure, Centrifugo server API).
 //! - [`config`]: file + env + flags, validated once.
@@ -46,6 +49,7 @@ pub mod demo;
 pub mod engine;
 pub mod history;
 pub mod hub;
+pub mod integration;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

@@ -144,6 +144,22 @@ fn describe() {
         "tidings_http_requests_total",
         "HTTP requests by route, method and status."
     );
+    describe_counter!(
+        "tidings_proxy_requests_total",
+        "Proxy requests to the application by proxy (connect, refresh, subscribe, publish, sub_refresh, rpc, mercure) and result (ok, timeout, unreachable, status, malformed)."
+    );
+    describe_histogram!(
+        "tidings_proxy_request_seconds",
+        "Time of one proxy request by proxy."
+    );
+    describe_counter!(
+        "tidings_webhook_events_total",
+        "Webhook events by outcome: queued, dropped (queue full), delivered."
+    );
+    describe_counter!(
+        "tidings_webhook_failures_total",
+        "Failed webhook deliveries (retried with backoff) by endpoint."
+    );
     describe_histogram!(
         "tidings_http_request_seconds",
         "Time to the response head by route and method (streams last longer)."
@@ -218,6 +234,31 @@ pub fn engine_lag(time_ms: u64) {
 pub fn engine_reset(engine: &'static str, why: &str) {
     counter!("tidings_engine_resets_total", "engine" => engine).increment(1);
     remember("engine reset", format!("{engine}: {why}"));
+}
+
+/// Records a proxy request and its result.
+pub fn proxy_call(
+    proxy: &'static str,
+    took: std::time::Duration,
+    error: Option<&crate::integration::proxy::ProxyError>,
+) {
+    let result = error.map_or("ok", |e| e.label());
+    counter!("tidings_proxy_requests_total", "proxy" => proxy, "result" => result).increment(1);
+    histogram!("tidings_proxy_request_seconds", "proxy" => proxy).record(took.as_secs_f64());
+    if let Some(e) = error {
+        remember("proxy failure", format!("{proxy}: {e}"));
+    }
+}
+
+/// Records webhook events by outcome (queued, dropped, delivered).
+pub fn webhook_events(outcome: &'static str, n: usize) {
+    counter!("tidings_webhook_events_total", "outcome" => outcome).increment(n as u64);
+}
+
+/// Records a failed webhook delivery.
+pub fn webhook_failure(endpoint: &str, why: &str) {
+    counter!("tidings_webhook_failures_total", "endpoint" => endpoint.to_owned()).increment(1);
+    remember("webhook failure", format!("{endpoint}: {why}"));
 }
 
 /// Records a refused credential.

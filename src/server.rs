@@ -25,6 +25,9 @@ use crate::centrifugo::Node;
 use crate::config::{Settings, Store};
 use crate::history::{disk::DiskHistory, memory::MemoryHistory, History};
 use crate::hub::Hub;
+use crate::integration::proxy::Proxy;
+use crate::integration::queue::{DiskQueue, EventQueue, MemoryQueue};
+use crate::integration::webhooks::{Event, EventKind, Webhooks};
 use crate::transport::{emulation, http_stream, websocket, CentrifugoState};
 use crate::web;
 
@@ -62,20 +65,69 @@ pub fn open_history(settings: &Settings) -> Result<Arc<dyn History>, ServerError
 }
 
 /// Starts the hub on the configured store: one node's own history, or a
-/// shared engine (Redis, NATS) that other nodes use too.
-pub async fn start_hub(settings: &Settings) -> Result<Arc<Hub>, ServerError> {
+/// shared engine (Redis, NATS) that other nodes use too. Also returns where
+/// webhook events wait: beside the history, or in the shared engine.
+pub async fn start_hub(
+    settings: &Settings,
+) -> Result<(Arc<Hub>, Arc<dyn EventQueue>), ServerError> {
     let options = settings.cluster.clone();
     let engine = match &settings.store {
         Store::Redis(url) => crate::engine::redis::RedisEngine::connect(url, options).await,
         Store::Nats(url) => crate::engine::nats::NatsEngine::connect(url, options).await,
         Store::Disk | Store::Memory => {
-            return Ok(Hub::start(open_history(settings)?, settings.hub.clone()))
+            let queue: Arc<dyn EventQueue> = match settings.store {
+                Store::Disk if !settings.webhooks.endpoints.is_empty() => Arc::new(
+                    DiskQueue::open(&settings.data_dir)
+                        .map_err(|e| ServerError::Setup(e.to_string()))?,
+                ),
+                _ => Arc::new(MemoryQueue::default()),
+            };
+            return Ok((
+                Hub::start(open_history(settings)?, settings.hub.clone()),
+                queue,
+            ));
         }
     }
     .map_err(|e| ServerError::Setup(format!("cannot reach the shared engine: {e}")))?;
-    Hub::start_with_engine(engine, settings.hub.clone())
+    let queue = engine.events.clone();
+    let hub = Hub::start_with_engine(engine, settings.hub.clone())
         .await
-        .map_err(|e| ServerError::Setup(format!("cannot start on the shared engine: {e}")))
+        .map_err(|e| ServerError::Setup(format!("cannot start on the shared engine: {e}")))?;
+    Ok((hub, queue))
+}
+
+/// Starts webhook delivery and tells it when channels become occupied or
+/// vacated (unless their namespace turned webhooks off).
+fn start_webhooks(
+    settings: &Settings,
+    hub: &Hub,
+    queue: Arc<dyn EventQueue>,
+    node_name: &str,
+) -> Arc<Webhooks> {
+    let webhooks = Webhooks::start(settings.webhooks.clone(), queue, node_name.to_owned());
+    if webhooks.wants(EventKind::Occupied) || webhooks.wants(EventKind::Vacated) {
+        let weak = Arc::downgrade(&webhooks);
+        let centrifugo = settings.centrifugo.clone();
+        hub.on_occupancy(Box::new(move |channel, occupied| {
+            let Some(webhooks) = weak.upgrade() else {
+                return;
+            };
+            if centrifugo
+                .namespace(channel)
+                .is_some_and(|ns| !ns.webhooks_on())
+            {
+                return;
+            }
+            let mut e = Event::new(if occupied {
+                EventKind::Occupied
+            } else {
+                EventKind::Vacated
+            });
+            e.channel = channel.to_owned();
+            webhooks.emit(e);
+        }));
+    }
+    webhooks
 }
 
 /// Builds the router for a hub: the Mercure endpoints, the Centrifugo
@@ -264,11 +316,30 @@ pub async fn serve(
         })?;
     let addr = listener.local_addr()?;
     settings.mercure.resolve_port(addr.port());
-    let hub = start_hub(&settings).await?;
+    let (hub, queue) = start_hub(&settings).await?;
+    let node_name = format!(
+        "tidings-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let webhooks = start_webhooks(&settings, &hub, queue, &node_name);
+    let proxy = Arc::new(Proxy::new(settings.proxy.clone()));
     let shutdown = CancellationToken::new();
-    let mercure = MercureState::new(hub.clone(), settings.mercure.clone(), shutdown.clone())
-        .map_err(ServerError::Setup)?;
-    let node = Node::new(hub.clone(), settings.centrifugo.clone()).map_err(ServerError::Setup)?;
+    let mercure = MercureState::new(
+        hub.clone(),
+        settings.mercure.clone(),
+        shutdown.clone(),
+        proxy.clone(),
+        webhooks.clone(),
+    )
+    .map_err(ServerError::Setup)?;
+    let node = Node::new(
+        hub.clone(),
+        settings.centrifugo.clone(),
+        node_name,
+        proxy,
+        webhooks.clone(),
+    )
+    .map_err(ServerError::Setup)?;
     let draining = CancellationToken::new();
     let centrifugo = Arc::new(CentrifugoState {
         node,
@@ -308,6 +379,8 @@ pub async fn serve(
             tracing::warn!("connections still open after the grace period; closing them");
         }
     }
+    // Every connection has ended: their disconnect events are emitted.
+    webhooks.shutdown().await;
     hub.shutdown().await;
     tracing::info!("history flushed; bye");
     Ok(())

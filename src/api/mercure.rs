@@ -21,6 +21,8 @@ use crate::auth::grants::DETAIL_TYPE;
 use crate::auth::{AuthError, Grants, Role, Verifier};
 use crate::config::MercureSettings;
 use crate::hub::{Draft, Filter, Hub, Publication};
+use crate::integration::proxy::{Decision, Proxy};
+use crate::integration::webhooks::{Event, EventKind, Webhooks};
 use crate::protocol::mercure::matcher::{MatcherType, TopicMatcher};
 use crate::protocol::mercure::request::{self, RequestError};
 use crate::protocol::mercure::subscription::{self, SubscriptionDoc};
@@ -43,6 +45,8 @@ struct Active {
 /// Shared state of the Mercure endpoints.
 pub struct MercureState {
     hub: Arc<Hub>,
+    proxy: Arc<Proxy>,
+    webhooks: Arc<Webhooks>,
     verifier: Verifier,
     settings: MercureSettings,
     active: Mutex<HashMap<String, Vec<Active>>>,
@@ -55,6 +59,8 @@ impl MercureState {
         hub: Arc<Hub>,
         settings: MercureSettings,
         shutdown: CancellationToken,
+        proxy: Arc<Proxy>,
+        webhooks: Arc<Webhooks>,
     ) -> Result<Arc<Self>, String> {
         let key = |m: &str| crate::auth::jwt::TrustedKey::new(m, settings.algorithm);
         let verifier = Verifier {
@@ -68,6 +74,8 @@ impl MercureState {
         };
         Ok(Arc::new(MercureState {
             hub,
+            proxy,
+            webhooks,
             verifier,
             settings,
             active: Mutex::new(HashMap::new()),
@@ -111,6 +119,8 @@ pub enum MercureError {
     Unavailable(String),
     /// No such resource.
     NotFound,
+    /// The authorization hook refused.
+    Refused(String),
 }
 
 impl From<AuthError> for MercureError {
@@ -193,6 +203,7 @@ impl MercureError {
             MercureError::NotFound => {
                 return plain(StatusCode::NOT_FOUND, "no such subscription".into())
             }
+            MercureError::Refused(m) => return plain(StatusCode::FORBIDDEN, m),
         };
         let mut res = plain(status, message);
         res.headers_mut()
@@ -312,6 +323,12 @@ async fn subscribe_inner(
 
     let grants = match find_token(&parts.headers, state, req.legacy_token.clone())? {
         Some((token, _)) => Some(Arc::new(state.verifier.verify(&token, Role::Subscriber)?)),
+        None if state.proxy.settings.mercure.is_some() => {
+            let topics = req.matchers.iter().map(|m| m.raw().to_owned()).collect();
+            Some(Arc::new(
+                ask_hook(state, "subscribe", topics, false, &parts.headers).await?,
+            ))
+        }
         None if s.anonymous => None,
         None => return Err(AuthError::Missing.into()),
     };
@@ -339,16 +356,11 @@ async fn subscribe_inner(
     };
 
     let subscriber = format!("urn:uuid:{}", uuid::Uuid::new_v4());
-    let guard = if s.subscriptions {
-        Some(Box::new(announce(
-            state,
-            &subscriber,
-            &req.matchers,
-            grants.as_deref(),
-        )) as Box<dyn Send + Sync>)
-    } else {
-        None
-    };
+    let announced = s
+        .subscriptions
+        .then(|| announce(state, &subscriber, &req.matchers, grants.as_deref()));
+    let told = tell_webhooks(state, &subscriber, &req.matchers, grants.as_deref());
+    let guard = Some(Box::new((announced, told)) as Box<dyn Send + Sync>);
     let now = tokio::time::Instant::now();
     let token_deadline = grants
         .as_ref()
@@ -530,13 +542,19 @@ async fn publish_inner(state: &Arc<MercureState>, req: Request) -> Result<Respon
         }
     }
     let query_token = legacy_query_token(state, &parts.uri);
-    let (token, source) =
-        find_token(&parts.headers, state, query_token)?.ok_or(AuthError::Missing)?;
-    let grants = state.verifier.verify(&token, Role::Publisher)?;
-    if source == TokenSource::Cookie && !same_origin_or_allowed(state, &parts.headers) {
-        // Cookie-authenticated publishing is a CSRF target.
-        return Err(AuthError::InsufficientScope.into());
-    }
+    let grants = match find_token(&parts.headers, state, query_token)? {
+        Some((token, source)) => {
+            let grants = state.verifier.verify(&token, Role::Publisher)?;
+            if source == TokenSource::Cookie && !same_origin_or_allowed(state, &parts.headers) {
+                // Cookie-authenticated publishing is a CSRF target.
+                return Err(AuthError::InsufficientScope.into());
+            }
+            Some(grants)
+        }
+        // The hook decides, once the request is read.
+        None if state.proxy.settings.mercure.is_some() => None,
+        None => return Err(AuthError::Missing.into()),
+    };
     let limit = state.settings.max_body;
     let bytes = axum::body::to_bytes(body, limit)
         .await
@@ -544,8 +562,21 @@ async fn publish_inner(state: &Arc<MercureState>, req: Request) -> Result<Respon
     let pairs = form::parse(&bytes).map_err(|e| RequestError::BadRequest(e.to_string()))?;
     let s = &state.settings;
     let update = request::parse_publish(pairs, &s.hub_url, &s.limits)?;
-    if !grants.may_publish(update.topics.iter().map(String::as_str)) {
-        return Err(AuthError::InsufficientScope.into());
+    match grants {
+        Some(g) if !g.may_publish(update.topics.iter().map(String::as_str)) => {
+            return Err(AuthError::InsufficientScope.into())
+        }
+        Some(_) => {}
+        None => {
+            ask_hook(
+                state,
+                "publish",
+                update.topics.clone(),
+                update.private,
+                &parts.headers,
+            )
+            .await?;
+        }
     }
     let mut topics = update.topics.into_iter();
     let channel = topics.next().unwrap_or_default();
@@ -568,6 +599,125 @@ async fn publish_inner(state: &Arc<MercureState>, req: Request) -> Result<Respon
         .await
         .map_err(|e| MercureError::Unavailable(e.to_string()))?;
     Ok(plain_id(p.id()))
+}
+
+/// The Mercure authorization hook's request.
+#[derive(serde::Serialize)]
+struct HookRequest {
+    action: &'static str,
+    topics: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    private: bool,
+}
+
+/// Asks `proxy.mercure_endpoint` about a request that carries no token.
+/// Its `result` is what the legacy `mercure` claim holds (`subscribe`:
+/// selectors whose private updates the subscriber may receive, `payload`);
+/// an `error` refuses with 403; a failure is a 503 (try again).
+async fn ask_hook(
+    state: &MercureState,
+    action: &'static str,
+    topics: Vec<String>,
+    private: bool,
+    headers: &HeaderMap,
+) -> Result<Grants, MercureError> {
+    let Some(endpoint) = &state.proxy.settings.mercure else {
+        return Err(AuthError::Missing.into());
+    };
+    let request = HookRequest {
+        action,
+        topics,
+        private,
+    };
+    let forwarded = state.proxy.forwarded_headers(headers);
+    let unavailable =
+        || MercureError::Unavailable("the authorization backend is unavailable".into());
+    match state
+        .proxy
+        .call::<Value>("mercure", endpoint, &request, &forwarded)
+        .await
+    {
+        Ok(Decision::Allow(result)) => {
+            let claims = json!({ "mercure": result });
+            let limits = crate::auth::grants::GrantLimits::default();
+            Grants::from_legacy_claim(&claims, &state.settings.hub_url, &limits).map_err(|e| {
+                tracing::warn!(error = %e, "malformed Mercure hook answer");
+                unavailable()
+            })
+        }
+        Ok(Decision::Error(e)) => Err(MercureError::Refused(if e.message.is_empty() {
+            format!("refused by the authorization backend ({})", e.code)
+        } else {
+            e.message
+        })),
+        Ok(Decision::Disconnect(d)) => Err(MercureError::Refused(d.reason)),
+        Err(_) => Err(unavailable()),
+    }
+}
+
+/// Emits a Mercure subscriber's connect and subscribe events; the returned
+/// guard emits unsubscribe and disconnect when the stream ends.
+fn tell_webhooks(
+    state: &MercureState,
+    subscriber: &str,
+    matchers: &[TopicMatcher],
+    grants: Option<&Grants>,
+) -> Option<WebhookGuard> {
+    let w = &state.webhooks;
+    if ![
+        EventKind::Connect,
+        EventKind::Subscribe,
+        EventKind::Unsubscribe,
+        EventKind::Disconnect,
+    ]
+    .into_iter()
+    .any(|k| w.wants(k))
+    {
+        return None;
+    }
+    let guard = WebhookGuard {
+        webhooks: w.clone(),
+        client: subscriber.to_owned(),
+        user: grants.and_then(|g| g.subject.clone()).unwrap_or_default(),
+        selectors: matchers.iter().map(|m| m.raw().to_owned()).collect(),
+    };
+    w.emit(guard.event(EventKind::Connect, ""));
+    for selector in &guard.selectors {
+        w.emit(guard.event(EventKind::Subscribe, selector));
+    }
+    Some(guard)
+}
+
+struct WebhookGuard {
+    webhooks: Arc<Webhooks>,
+    client: String,
+    user: String,
+    selectors: Vec<String>,
+}
+
+impl WebhookGuard {
+    fn event(&self, kind: EventKind, channel: &str) -> Event {
+        let mut e = Event::new(kind);
+        e.protocol = "mercure";
+        e.transport = "sse";
+        e.client.clone_from(&self.client);
+        e.user.clone_from(&self.user);
+        e.channel = channel.to_owned();
+        e
+    }
+}
+
+impl Drop for WebhookGuard {
+    fn drop(&mut self) {
+        for selector in &self.selectors {
+            let mut e = self.event(EventKind::Unsubscribe, selector);
+            e.reason = "disconnect".into();
+            self.webhooks.emit(e);
+        }
+        let mut e = self.event(EventKind::Disconnect, "");
+        e.reason = "stream closed".into();
+        self.webhooks.emit(e);
+    }
 }
 
 fn plain_id(id: &str) -> Response {

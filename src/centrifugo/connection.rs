@@ -63,6 +63,8 @@ pub struct Start {
     pub resume_from: Vec<ChannelPosition>,
     /// The client's address, for logs.
     pub remote: String,
+    /// Request headers forwarded to proxies (`proxy.http_headers`).
+    pub headers: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
 }
 
 /// Runs a connection until it ends.
@@ -96,6 +98,7 @@ async fn drive<W: Wire>(
         start.encoding,
         sink.clone(),
         start.session_id,
+        start.headers,
     );
     span.record("client", session.client());
     session.resume_from(start.resume_from);
@@ -111,6 +114,10 @@ async fn drive<W: Wire>(
         let expiry = session
             .expires_at()
             .map(|exp| Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs())))
+            .unwrap_or_else(far);
+        let sub_refresh = session
+            .next_sub_refresh()
+            .map(|at| Instant::now() + Duration::from_secs(at.saturating_sub(now_secs())))
             .unwrap_or_else(far);
         let was_connected = session.is_connected();
         let step: Result<(), Disconnect> = if let Some(frame) = first_frame.take() {
@@ -149,7 +156,11 @@ async fn drive<W: Wire>(
                     if session.got_pong { pong_deadline = None; Ok(()) } else { Err(to_disconnect(disconnect::NO_PONG)) }
                 }
                 _ = sleep_until(expiry), if session.expires_at().is_some() => {
-                    if session.expires_at().is_some_and(|e| e <= now_secs()) { Err(to_disconnect(disconnect::EXPIRED)) } else { Ok(()) }
+                    if session.expires_at().is_some_and(|e| e <= now_secs()) { session.expired().await } else { Ok(()) }
+                }
+                _ = sleep_until(sub_refresh), if session.next_sub_refresh().is_some() => {
+                    session.refresh_subscriptions(&mut out).await;
+                    Ok(())
                 }
             }
         };
@@ -172,6 +183,7 @@ async fn drive<W: Wire>(
             break Err(d);
         }
     };
+    session.ended(result.as_ref().err());
     match result {
         Ok(()) => tracing::debug!("client went away"),
         Err((code, reason)) => {

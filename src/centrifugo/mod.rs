@@ -23,6 +23,8 @@ use tokio::sync::mpsc;
 use crate::auth::jwt::TrustedKey;
 use crate::config::CentrifugoSettings;
 use crate::hub::Hub;
+use crate::integration::proxy::Proxy;
+use crate::integration::webhooks::Webhooks;
 use crate::protocol::centrifuge::outbox::Framing;
 
 /// The transports a Centrifugo client connects over.
@@ -166,24 +168,33 @@ pub struct Node {
     pub started: Instant,
     /// A random name of this node.
     pub name: String,
+    /// The application's proxy endpoints.
+    pub proxy: Arc<Proxy>,
+    /// Where connection and subscription events go.
+    pub webhooks: Arc<Webhooks>,
     clients: Mutex<HashMap<String, Registered>>,
     users: Mutex<HashMap<String, HashSet<String>>>,
     emulated: Mutex<HashMap<String, mpsc::Sender<bytes::Bytes>>>,
 }
 
 impl Node {
-    /// A node for `hub`.
-    pub fn new(hub: Arc<Hub>, settings: CentrifugoSettings) -> Result<Arc<Node>, String> {
+    /// A node for `hub`, named `name`.
+    pub fn new(
+        hub: Arc<Hub>,
+        settings: CentrifugoSettings,
+        name: String,
+        proxy: Arc<Proxy>,
+        webhooks: Arc<Webhooks>,
+    ) -> Result<Arc<Node>, String> {
         let key = TrustedKey::new(&settings.token_key, settings.token_algorithm)?;
         let node = Arc::new(Node {
             hub,
             settings,
             key,
             started: Instant::now(),
-            name: format!(
-                "tidings-{}",
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            ),
+            name,
+            proxy,
+            webhooks,
             clients: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
             emulated: Mutex::new(HashMap::new()),

@@ -23,6 +23,8 @@ use crate::auth::centrifugo::{self as tokens, TokenError};
 use crate::config::Namespace;
 use crate::hub::publication::client_info;
 use crate::hub::{ClientInfo, Delivery, Draft, Filter, Publication, Sink, SubscriptionHandle};
+use crate::integration::proxy::{self as backend, Decision, Payload};
+use crate::integration::webhooks::{Event, EventKind};
 use crate::protocol::centrifuge::outbox::Outbox;
 use crate::protocol::centrifuge::resume::{self, ChannelPosition};
 use crate::protocol::centrifuge::{
@@ -55,6 +57,10 @@ impl Filter for PublicOnly {
 
 struct ChannelSub {
     _handle: SubscriptionHandle,
+    /// A wildcard subscription's pattern (None: a plain channel).
+    pattern: Option<TopicMatcher>,
+    /// When the subscribe proxy's `expire_at` comes (sub refresh proxy).
+    refresh_at: Option<u64>,
     /// Live publications at or below this offset were sent in the
     /// subscribe reply (or precede the client's position).
     skip_upto: u64,
@@ -68,6 +74,57 @@ struct Connected {
     user: String,
     conn_info: Option<String>,
     expires_at: Option<u64>,
+    /// Meta the connect proxy attached (sent back with later proxy calls).
+    meta: Option<serde_json::Value>,
+}
+
+/// How a backend refused: an error reply, or closing the connection.
+enum Refusal {
+    Error(proto::Error),
+    Close(Disconnect),
+}
+
+impl Refusal {
+    fn reply(self, id: u32) -> Result<Reply, Disconnect> {
+        match self {
+            Refusal::Error(e) => Ok(Reply {
+                id,
+                error: Some(e),
+                ..Default::default()
+            }),
+            Refusal::Close(d) => Err(d),
+        }
+    }
+}
+
+/// Unsubscribe code when a subscription's refresh says it expired.
+const SUBSCRIPTION_EXPIRED: (u32, &str) = (2501, "subscription expired");
+/// How long a failed refresh proxy call waits before trying again.
+const REFRESH_RETRY_SECS: u64 = 10;
+
+/// What a connect proxy answered besides the connection's identity.
+struct FromBackend {
+    /// Data for the connect reply.
+    data: Bytes,
+    meta: Option<serde_json::Value>,
+    /// Channel info of server-side subscriptions.
+    chan_infos: HashMap<String, Option<String>>,
+}
+
+/// The error a client sees when a backend failed (temporary: it retries).
+fn internal_error() -> proto::Error {
+    proto::Error {
+        code: errors::INTERNAL.0,
+        message: errors::INTERNAL.1.into(),
+        temporary: true,
+    }
+}
+
+/// Whether a channel in a wildcard namespace is a pattern: it uses URL
+/// Pattern syntax after the namespace.
+fn is_pattern(channel: &str) -> bool {
+    let rest = channel.split_once(':').map_or(channel, |(_, r)| r);
+    rest.contains(['*', ':', '(', '{', '+', '?', '\\'])
 }
 
 /// One client connection.
@@ -86,6 +143,13 @@ pub struct Session {
     /// Recovered publications a `uni_sse` connect sends as events of their own.
     replay: Vec<Arc<Publication>>,
     control_tx: mpsc::UnboundedSender<Control>,
+    /// Request headers forwarded to proxies.
+    headers: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
+    /// Wildcard subscriptions held (their deliveries need matching).
+    patterns: usize,
+    /// Sequence of the last publication pushed through a pattern, so one
+    /// matched by two patterns is pushed once.
+    last_pattern_seq: u64,
     /// Set when a pong (an empty command) arrives.
     pub got_pong: bool,
 }
@@ -104,6 +168,7 @@ impl Session {
         encoding: Encoding,
         sink: Arc<Sink>,
         session_id: String,
+        headers: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
     ) -> (Session, mpsc::UnboundedReceiver<Control>) {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let session = Session {
@@ -118,6 +183,9 @@ impl Session {
             resume_from: Vec::new(),
             replay: Vec::new(),
             control_tx,
+            headers,
+            patterns: 0,
+            last_pattern_seq: 0,
             got_pong: false,
         };
         (session, control_rx)
@@ -244,7 +312,7 @@ impl Session {
             return Err(close(disconnect::BAD_REQUEST));
         }
         let reply = if let Some(req) = cmd.subscribe {
-            self.subscribe(id, req).await
+            self.subscribe(id, req).await?
         } else if let Some(req) = cmd.unsubscribe {
             self.unsubscribe(&req.channel);
             Reply {
@@ -253,7 +321,7 @@ impl Session {
                 ..Default::default()
             }
         } else if let Some(req) = cmd.publish {
-            self.publish(id, req).await
+            self.publish(id, req).await?
         } else if let Some(req) = cmd.presence {
             self.presence(id, &req.channel, false).await
         } else if let Some(req) = cmd.presence_stats {
@@ -267,10 +335,10 @@ impl Session {
                 ..Default::default()
             }
         } else if cmd.send.is_some() {
-            // Asynchronous messages need a backend to go to (RPC proxy work).
+            // Asynchronous messages have nowhere to go (no send proxy).
             return Ok(None);
-        } else if cmd.rpc.is_some() {
-            error_reply(id, errors::NOT_AVAILABLE)
+        } else if let Some(req) = cmd.rpc {
+            self.rpc(id, req).await?
         } else if let Some(req) = cmd.refresh {
             return self.refresh(id, &req.token).map(Some);
         } else if let Some(req) = cmd.sub_refresh {
@@ -291,7 +359,16 @@ impl Session {
         }
         let node = self.node.clone();
         let s = &node.settings;
-        let token = if req.token.is_empty() {
+        let mut from_backend = None;
+        let token = if req.token.is_empty() && node.proxy.settings.connect.is_some() {
+            match self.connect_proxy(&req).await {
+                Ok((token, answer)) => {
+                    from_backend = Some(answer);
+                    token
+                }
+                Err(refusal) => return refusal.reply(id),
+            }
+        } else if req.token.is_empty() {
             if !s.anonymous {
                 crate::metrics::auth_failure("centrifugo", "missing token");
                 return Ok(error_reply(id, errors::UNAUTHORIZED));
@@ -313,13 +390,21 @@ impl Session {
         if token.channels.len() > s.channel_limit {
             return Err(close(disconnect::CHANNEL_LIMIT));
         }
+        let (data, meta, mut chan_infos) = match from_backend {
+            Some(b) => (b.data, b.meta, b.chan_infos),
+            None => (Bytes::new(), None, HashMap::new()),
+        };
         self.connected = Some(Connected {
             user: token.user.clone(),
             conn_info: token.info.clone(),
             expires_at: token.expires_at,
+            meta,
         });
         self.node
             .register(&self.client, &token.user, self.control_tx.clone());
+        if self.node.webhooks.wants(EventKind::Connect) {
+            self.node.webhooks.emit(self.event(EventKind::Connect));
+        }
         let mut subs = HashMap::new();
         for channel in &token.channels {
             let wanted = req.subs.get(channel).cloned().unwrap_or_default();
@@ -327,7 +412,8 @@ impl Session {
                 channel: channel.clone(),
                 ..wanted
             };
-            match self.join_channel(&sub_req, None).await {
+            let chan_info = chan_infos.remove(channel).flatten();
+            match self.join_channel(&sub_req, chan_info).await {
                 Ok(result) => {
                     subs.insert(channel.clone(), result);
                 }
@@ -336,7 +422,13 @@ impl Session {
                 }
             }
         }
-        let (expires, ttl) = self.ttl(token.expires_at);
+        // With a refresh proxy the hub refreshes the session itself: the
+        // client is not told to (it would ask for a token it has not got).
+        let (expires, ttl) = if node.proxy.settings.refresh.is_some() {
+            (false, 0)
+        } else {
+            self.ttl(token.expires_at)
+        };
         Ok(Reply {
             id,
             connect: Some(proto::ConnectResult {
@@ -344,6 +436,7 @@ impl Session {
                 version: VERSION.into(),
                 expires,
                 ttl,
+                data,
                 subs,
                 ping: s.ping_interval.as_secs().max(1) as u32,
                 pong: !self.transport.unidirectional(),
@@ -357,6 +450,173 @@ impl Session {
             }),
             ..Default::default()
         })
+    }
+
+    /// The fields every proxy request carries.
+    fn client_context(&self) -> backend::ClientContext {
+        backend::ClientContext {
+            client: self.client.clone(),
+            transport: self.transport.name(),
+            protocol: match self.encoding {
+                Encoding::Json => "json",
+                Encoding::Protobuf => "protobuf",
+            },
+            encoding: match self.encoding {
+                Encoding::Json => "json",
+                Encoding::Protobuf => "binary",
+            },
+            user: self.user().to_owned(),
+            meta: self.connected.as_ref().and_then(|c| c.meta.clone()),
+        }
+    }
+
+    /// Asks the backend at `endpoint`; its refusals and failures become the
+    /// protocol's (a failure is a temporary internal error: the client
+    /// retries, it never hangs).
+    async fn ask<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        kind: &'static str,
+        endpoint: &url::Url,
+        request: &impl serde::Serialize,
+    ) -> Result<T, Refusal> {
+        match self
+            .node
+            .proxy
+            .call::<T>(kind, endpoint, request, &self.headers)
+            .await
+        {
+            Ok(Decision::Allow(result)) => Ok(result),
+            Ok(Decision::Error(e)) => Err(Refusal::Error(proto::Error {
+                code: e.code,
+                message: e.message,
+                temporary: e.temporary,
+            })),
+            Ok(Decision::Disconnect(d)) => {
+                let mut reason = d.reason;
+                // Close frames carry at most 123 bytes; the protocol says 32.
+                while reason.len() > 32 {
+                    reason.pop();
+                }
+                Err(Refusal::Close((d.code, reason)))
+            }
+            Err(_) => Err(Refusal::Error(internal_error())),
+        }
+    }
+
+    /// A connect without a token, decided by the connect proxy.
+    async fn connect_proxy(
+        &self,
+        req: &proto::ConnectRequest,
+    ) -> Result<(tokens::ConnectionToken, FromBackend), Refusal> {
+        let Some(endpoint) = self.node.proxy.settings.connect.clone() else {
+            return Err(Refusal::Error(internal_error()));
+        };
+        let request = backend::ConnectRequest {
+            ctx: self.client_context(),
+            name: req.name.clone(),
+            version: req.version.clone(),
+            payload: Payload::of(&req.data),
+        };
+        let r: backend::ConnectResult = self.ask("connect", &endpoint, &request).await?;
+        let malformed = |_| Refusal::Error(internal_error());
+        let mut channels = r.channels;
+        let mut chan_infos = HashMap::new();
+        for (channel, options) in r.subs {
+            chan_infos.insert(channel.clone(), options.info.text().map_err(malformed)?);
+            if !channels.contains(&channel) {
+                channels.push(channel);
+            }
+        }
+        let token = tokens::ConnectionToken {
+            user: r.user,
+            expires_at: (r.expire_at > 0).then_some(r.expire_at),
+            info: r.info.text().map_err(malformed)?,
+            channels,
+        };
+        let data = r.payload.bytes().map_err(malformed)?.unwrap_or_default();
+        Ok((
+            token,
+            FromBackend {
+                data,
+                meta: r.meta,
+                chan_infos,
+            },
+        ))
+    }
+
+    /// The connection's session expired: ask the refresh proxy, if there is
+    /// one, whether it goes on.
+    pub async fn expired(&mut self) -> Result<(), Disconnect> {
+        let Some(endpoint) = self.node.proxy.settings.refresh.clone() else {
+            return Err(close(disconnect::EXPIRED));
+        };
+        let request = backend::RefreshRequest {
+            ctx: self.client_context(),
+        };
+        let answer: Result<backend::RefreshResult, _> =
+            self.ask("refresh", &endpoint, &request).await;
+        let Some(c) = self.connected.as_mut() else {
+            return Err(close(disconnect::EXPIRED));
+        };
+        match answer {
+            Ok(r) if r.expired || (r.expire_at > 0 && r.expire_at <= now_secs()) => {
+                Err(close(disconnect::EXPIRED))
+            }
+            Ok(r) => {
+                c.expires_at = (r.expire_at > 0).then_some(r.expire_at);
+                if let Ok(Some(info)) = r.info.text() {
+                    c.conn_info = Some(info);
+                }
+                Ok(())
+            }
+            // The backend is down: keep the connection and ask again soon.
+            Err(_) => {
+                c.expires_at = Some(now_secs() + REFRESH_RETRY_SECS);
+                Ok(())
+            }
+        }
+    }
+
+    /// When the next subscription refresh is due.
+    pub fn next_sub_refresh(&self) -> Option<u64> {
+        self.subs.values().filter_map(|s| s.refresh_at).min()
+    }
+
+    /// Asks the sub refresh proxy about every subscription that is due; an
+    /// expired one is unsubscribed (2501).
+    pub async fn refresh_subscriptions(&mut self, out: &mut Outbox) {
+        let Some(endpoint) = self.node.proxy.settings.sub_refresh.clone() else {
+            return;
+        };
+        let now = now_secs();
+        let due: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.refresh_at.is_some_and(|at| at <= now))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in due {
+            let request = backend::ChannelRequest {
+                ctx: self.client_context(),
+                channel: channel.clone(),
+                payload: Payload::default(),
+            };
+            let answer: Result<backend::RefreshResult, _> =
+                self.ask("sub_refresh", &endpoint, &request).await;
+            let next = match answer {
+                Ok(r) if r.expired || (r.expire_at > 0 && r.expire_at <= now) => None,
+                Ok(r) => Some((r.expire_at > 0).then_some(r.expire_at)),
+                Err(_) => Some(Some(now + REFRESH_RETRY_SECS)),
+            };
+            match next {
+                Some(at) => {
+                    if let Some(sub) = self.subs.get_mut(&channel) {
+                        sub.refresh_at = at;
+                    }
+                }
+                None => self.server_unsubscribe(channel, SUBSCRIPTION_EXPIRED, out),
+            }
+        }
     }
 
     fn ttl(&self, expires_at: Option<u64>) -> (bool, u32) {
@@ -376,24 +636,25 @@ impl Session {
             .ok_or(errors::UNKNOWN_CHANNEL)
     }
 
-    async fn subscribe(&mut self, id: u32, req: proto::SubscribeRequest) -> Reply {
+    async fn subscribe(
+        &mut self,
+        id: u32,
+        req: proto::SubscribeRequest,
+    ) -> Result<Reply, Disconnect> {
         let ns = match self.namespace(&req.channel) {
             Ok(ns) => ns.clone(),
-            Err(code) => return error_reply(id, code),
+            Err(code) => return Ok(error_reply(id, code)),
         };
         if self.subs.contains_key(&req.channel) {
-            return error_reply(id, errors::ALREADY_SUBSCRIBED);
+            return Ok(error_reply(id, errors::ALREADY_SUBSCRIBED));
         }
         if self.subs.len() >= self.node.settings.channel_limit {
-            return error_reply(id, errors::LIMIT_EXCEEDED);
+            return Ok(error_reply(id, errors::LIMIT_EXCEEDED));
         }
-        let user = self
-            .connected
-            .as_ref()
-            .map(|c| c.user.clone())
-            .unwrap_or_default();
+        let user = self.user().to_owned();
         let mut chan_info = None;
         let mut sub_exp = None;
+        let mut data = Bytes::new();
         if !req.token.is_empty() {
             match tokens::subscription(&self.node.key, &req.token) {
                 Ok(t) if t.channel == req.channel && t.user == user => {
@@ -402,19 +663,48 @@ impl Session {
                 }
                 Ok(_) | Err(TokenError::Invalid) => {
                     crate::metrics::auth_failure("centrifugo", "invalid subscription token");
-                    return error_reply(id, errors::PERMISSION_DENIED);
+                    return Ok(error_reply(id, errors::PERMISSION_DENIED));
                 }
                 Err(TokenError::Expired) => {
                     crate::metrics::auth_failure("centrifugo", "subscription token expired");
-                    return error_reply(id, errors::TOKEN_EXPIRED);
+                    return Ok(error_reply(id, errors::TOKEN_EXPIRED));
                 }
             }
+        } else if let (true, Some(endpoint)) = (
+            ns.subscribe_proxy,
+            self.node.proxy.settings.subscribe.clone(),
+        ) {
+            let request = backend::ChannelRequest {
+                ctx: self.client_context(),
+                channel: req.channel.clone(),
+                payload: Payload::of(&req.data),
+            };
+            let r: backend::SubscribeResult = match self.ask("subscribe", &endpoint, &request).await
+            {
+                Ok(r) => r,
+                Err(refusal) => return refusal.reply(id),
+            };
+            let (Ok(info), Ok(reply_data)) = (r.info.text(), r.payload.bytes()) else {
+                return Ok(error_reply(id, errors::INTERNAL));
+            };
+            chan_info = info;
+            data = reply_data.unwrap_or_default();
+            sub_exp = (r.expire_at > 0).then_some(r.expire_at);
         } else if !ns.allow_subscribe || (user.is_empty() && !ns.allow_anonymous) {
-            return error_reply(id, errors::PERMISSION_DENIED);
+            return Ok(error_reply(id, errors::PERMISSION_DENIED));
         }
-        match self.join_channel(&req, chan_info).await {
+        Ok(match self.join_channel(&req, chan_info).await {
             Ok(mut result) => {
-                (result.expires, result.ttl) = self.ttl(sub_exp);
+                result.data = data;
+                if ns.sub_refresh_proxy && sub_exp.is_some() {
+                    // The hub refreshes it through the proxy; the client
+                    // is not told it expires.
+                    if let Some(sub) = self.subs.get_mut(&req.channel) {
+                        sub.refresh_at = sub_exp;
+                    }
+                } else {
+                    (result.expires, result.ttl) = self.ttl(sub_exp);
+                }
                 Reply {
                     id,
                     subscribe: Some(result),
@@ -422,7 +712,7 @@ impl Session {
                 }
             }
             Err(code) => error_reply(id, code),
-        }
+        })
     }
 
     /// Registers a subscription, answers its position (recovering missed
@@ -435,6 +725,9 @@ impl Session {
         let ns = self.namespace(&req.channel)?.clone();
         if self.subs.contains_key(&req.channel) {
             return Err(errors::ALREADY_SUBSCRIBED);
+        }
+        if ns.wildcards && is_pattern(&req.channel) {
+            return self.join_pattern(req, &ns, chan_info);
         }
         let hub = &self.node.hub;
         let matcher = TopicMatcher::new(MatcherType::Exact, &req.channel, &url_base())
@@ -504,10 +797,13 @@ impl Session {
         if ns.join_leave {
             hub.announce_join(&req.channel, info.clone());
         }
+        self.subscribed_event(&req.channel, &ns);
         self.subs.insert(
             req.channel.clone(),
             ChannelSub {
                 _handle: handle,
+                pattern: None,
+                refresh_at: None,
                 skip_upto,
                 epoch: position.epoch.to_string(),
                 info,
@@ -546,11 +842,108 @@ impl Session {
         })
     }
 
-    /// Leaves a channel (no-op if not subscribed).
+    /// Subscribes to every channel matching a pattern: permission was
+    /// checked on the pattern; publications arrive with their channel name
+    /// (the publication's `channel` and its `channel` tag). Not recoverable
+    /// (positions are per channel), no presence, no join/leave.
+    fn join_pattern(
+        &mut self,
+        req: &proto::SubscribeRequest,
+        ns: &Namespace,
+        chan_info: Option<String>,
+    ) -> Result<proto::SubscribeResult, errors::Code> {
+        let matcher = TopicMatcher::channel_pattern(&req.channel).map_err(|e| {
+            tracing::debug!(channel = %req.channel, error = %e, "bad channel pattern");
+            errors::BAD_REQUEST
+        })?;
+        let handle = self.node.hub.subscribe_on(
+            &self.sink,
+            vec![matcher.clone()],
+            Arc::new(PublicOnly),
+            false,
+        );
+        let info = Arc::new(ClientInfo {
+            user: self.user().to_owned(),
+            client: self.client.clone(),
+            conn_info: self.connected.as_ref().and_then(|c| c.conn_info.clone()),
+            chan_info,
+        });
+        self.subscribed_event(&req.channel, ns);
+        self.patterns += 1;
+        self.subs.insert(
+            req.channel.clone(),
+            ChannelSub {
+                _handle: handle,
+                pattern: Some(matcher),
+                refresh_at: None,
+                skip_upto: 0,
+                epoch: String::new(),
+                info,
+                presence: false,
+                join_leave: false,
+            },
+        );
+        Ok(proto::SubscribeResult::default())
+    }
+
+    /// A webhook event about this connection.
+    fn event(&self, kind: EventKind) -> Event {
+        let mut e = Event::new(kind);
+        e.protocol = "centrifugo";
+        e.transport = self.transport.name();
+        e.client.clone_from(&self.client);
+        e.user = self.user().to_owned();
+        e
+    }
+
+    fn subscribed_event(&self, channel: &str, ns: &Namespace) {
+        if ns.webhooks_on() && self.node.webhooks.wants(EventKind::Subscribe) {
+            let mut e = self.event(EventKind::Subscribe);
+            e.channel = channel.to_owned();
+            self.node.webhooks.emit(e);
+        }
+    }
+
+    /// Leaves a channel because the server decided to, and tells the client.
+    fn server_unsubscribe(&mut self, channel: String, code: (u32, &str), out: &mut Outbox) {
+        if self.leave(&channel, code.1) {
+            let push = proto::Push {
+                channel,
+                unsubscribe: Some(proto::Unsubscribe {
+                    code: code.0,
+                    reason: code.1.into(),
+                }),
+                ..Default::default()
+            };
+            self.write_push(push, out);
+        }
+    }
+
+    /// Leaves a channel at the client's request (no-op if not subscribed).
     pub fn unsubscribe(&mut self, channel: &str) -> bool {
+        self.leave(channel, "client")
+    }
+
+    /// Leaves a channel for `reason` (told to webhooks).
+    fn leave(&mut self, channel: &str, reason: &str) -> bool {
         let Some(sub) = self.subs.remove(channel) else {
             return false;
         };
+        if sub.pattern.is_some() {
+            self.patterns -= 1;
+        }
+        if self.node.webhooks.wants(EventKind::Unsubscribe)
+            && self
+                .node
+                .settings
+                .namespace(channel)
+                .is_none_or(Namespace::webhooks_on)
+        {
+            let mut e = self.event(EventKind::Unsubscribe);
+            e.channel = channel.to_owned();
+            e.reason = reason.to_owned();
+            self.node.webhooks.emit(e);
+        }
         let hub = &self.node.hub;
         if sub.presence {
             hub.presence().remove(channel, &self.client);
@@ -561,16 +954,36 @@ impl Session {
         true
     }
 
-    async fn publish(&mut self, id: u32, req: proto::PublishRequest) -> Reply {
+    async fn publish(&mut self, id: u32, req: proto::PublishRequest) -> Result<Reply, Disconnect> {
         let ns = match self.namespace(&req.channel) {
-            Ok(ns) => ns,
-            Err(code) => return error_reply(id, code),
+            Ok(ns) => ns.clone(),
+            Err(code) => return Ok(error_reply(id, code)),
         };
-        if !ns.allow_publish {
-            return error_reply(id, errors::PERMISSION_DENIED);
+        if req.data.is_empty() || (ns.wildcards && is_pattern(&req.channel)) {
+            // A pattern names many channels: one cannot publish to it.
+            return Ok(error_reply(id, errors::BAD_REQUEST));
         }
-        if req.data.is_empty() {
-            return error_reply(id, errors::BAD_REQUEST);
+        let mut data = req.data;
+        let mut tags = std::collections::BTreeMap::new();
+        if let (true, Some(endpoint)) = (ns.publish_proxy, self.node.proxy.settings.publish.clone())
+        {
+            let request = backend::ChannelRequest {
+                ctx: self.client_context(),
+                channel: req.channel.clone(),
+                payload: Payload::of(&data),
+            };
+            let r: backend::PublishResult = match self.ask("publish", &endpoint, &request).await {
+                Ok(r) => r,
+                Err(refusal) => return refusal.reply(id),
+            };
+            match r.payload.bytes() {
+                Ok(Some(replaced)) => data = replaced,
+                Ok(None) => {}
+                Err(_) => return Ok(error_reply(id, errors::INTERNAL)),
+            }
+            tags.extend(r.tags);
+        } else if !ns.allow_publish {
+            return Ok(error_reply(id, errors::PERMISSION_DENIED));
         }
         let info = self
             .subs
@@ -590,14 +1003,14 @@ impl Session {
             channel: req.channel,
             alternates: Vec::new(),
             id: format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-            data: req.data,
+            data,
             event_type: None,
             retry: None,
             private: false,
             info: Some(info),
-            tags: Default::default(),
+            tags: tags.into_iter().collect(),
         };
-        match self.node.hub.publish(draft).await {
+        Ok(match self.node.hub.publish(draft).await {
             Ok(_) => Reply {
                 id,
                 publish: Some(proto::PublishResult {}),
@@ -607,7 +1020,33 @@ impl Session {
                 tracing::error!(error = %e, "client publish failed");
                 error_reply(id, errors::INTERNAL)
             }
-        }
+        })
+    }
+
+    /// An RPC call, answered by the RPC proxy.
+    async fn rpc(&mut self, id: u32, req: proto::RpcRequest) -> Result<Reply, Disconnect> {
+        let Some(endpoint) = self.node.proxy.settings.rpc.clone() else {
+            return Ok(error_reply(id, errors::NOT_AVAILABLE));
+        };
+        let request = backend::RpcRequest {
+            ctx: self.client_context(),
+            method: req.method,
+            payload: Payload::of(&req.data),
+        };
+        let r: backend::RpcResult = match self.ask("rpc", &endpoint, &request).await {
+            Ok(r) => r,
+            Err(refusal) => return refusal.reply(id),
+        };
+        let Ok(data) = r.payload.bytes() else {
+            return Ok(error_reply(id, errors::INTERNAL));
+        };
+        Ok(Reply {
+            id,
+            rpc: Some(proto::RpcResult {
+                data: data.unwrap_or_default(),
+            }),
+            ..Default::default()
+        })
     }
 
     async fn presence(&self, id: u32, channel: &str, stats: bool) -> Reply {
@@ -735,6 +1174,7 @@ impl Session {
         match delivery {
             Delivery::Publication(p) => {
                 let Some(sub) = self.subs.get_mut(p.channel()) else {
+                    self.push_matched(&p, out);
                     return;
                 };
                 if p.offset <= sub.skip_upto {
@@ -753,6 +1193,36 @@ impl Session {
             Delivery::Join(channel, info) => self.push_presence(&channel, &info, true, out),
             Delivery::Leave(channel, info) => self.push_presence(&channel, &info, false, out),
         }
+    }
+
+    /// A publication that reached this connection through a pattern: pushed
+    /// under the pattern (the subscription the client knows), carrying its
+    /// own channel. Encoded for this connection alone.
+    fn push_matched(&mut self, p: &Publication, out: &mut Outbox) {
+        if self.patterns == 0 || p.seq <= self.last_pattern_seq {
+            return;
+        }
+        let Some(pattern) = self
+            .subs
+            .iter()
+            .find(|(_, s)| s.pattern.as_ref().is_some_and(|m| m.matches(p.channel())))
+            .map(|(name, _)| name.clone())
+        else {
+            return;
+        };
+        self.last_pattern_seq = p.seq;
+        let mut publication = p.to_centrifuge(self.encoding);
+        publication.channel = p.channel().to_owned();
+        publication
+            .tags
+            .entry("channel".into())
+            .or_insert_with(|| p.channel().to_owned());
+        let push = proto::Push {
+            channel: pattern,
+            publication: Some(publication),
+            ..Default::default()
+        };
+        self.write_push(push, out);
     }
 
     fn push_presence(&self, channel: &str, info: &ClientInfo, joined: bool, out: &mut Outbox) {
@@ -806,17 +1276,7 @@ impl Session {
         match control {
             Control::Disconnect(code, reason) => Err((code, reason)),
             Control::Unsubscribe(channel) => {
-                if self.unsubscribe(&channel) {
-                    let push = proto::Push {
-                        channel,
-                        unsubscribe: Some(proto::Unsubscribe {
-                            code: proto::unsubscribe::SERVER.0,
-                            reason: proto::unsubscribe::SERVER.1.into(),
-                        }),
-                        ..Default::default()
-                    };
-                    self.write_push(push, out);
-                }
+                self.server_unsubscribe(channel, proto::unsubscribe::SERVER, out);
                 Ok(())
             }
             Control::Subscribe(channel) => {
@@ -857,12 +1317,33 @@ impl Session {
     }
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
+impl Session {
+    /// The connection ended (None: the client went away): leaves every
+    /// channel and tells webhooks why.
+    pub fn ended(&mut self, why: Option<&Disconnect>) {
         let channels: Vec<String> = self.subs.keys().cloned().collect();
         for c in channels {
-            self.unsubscribe(&c);
+            self.leave(&c, "disconnect");
         }
+        if self.connected.is_some() && self.node.webhooks.wants(EventKind::Disconnect) {
+            let mut e = self.event(EventKind::Disconnect);
+            match why {
+                Some((code, reason)) => {
+                    e.code = Some(*code);
+                    e.reason.clone_from(reason);
+                }
+                None => e.reason = "connection closed".into(),
+            }
+            self.node.webhooks.emit(e);
+        }
+        self.connected = None;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Normally `ended` ran already; this covers a task that was dropped.
+        self.ended(None);
         self.node.unregister(&self.client);
     }
 }

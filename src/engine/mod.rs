@@ -21,6 +21,7 @@
 //! delivered, so nothing is lost between nodes; docs/decisions.md has why.
 
 pub mod nats;
+pub mod queue;
 pub mod redis;
 
 use std::collections::HashMap;
@@ -143,6 +144,8 @@ pub struct Engine {
     pub presence: Arc<dyn PresenceStore>,
     /// How long a presence entry lives without a refresh.
     pub presence_ttl: std::time::Duration,
+    /// Where webhook events wait for delivery.
+    pub events: Arc<dyn crate::integration::queue::EventQueue>,
 }
 
 /// What a shared engine needs to know besides its URL.

@@ -124,6 +124,7 @@ impl NatsEngine {
         )
         .await?;
         let presence_ttl = options.presence_ttl;
+        let events = Arc::new(super::queue::NatsQueue::new(js.clone(), p));
         let engine = Arc::new(NatsEngine {
             client,
             js,
@@ -139,6 +140,7 @@ impl NatsEngine {
             broker: engine.clone(),
             presence: engine,
             presence_ttl,
+            events,
         })
     }
 

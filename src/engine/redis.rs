@@ -121,6 +121,11 @@ impl RedisEngine {
             .await
             .map_err(err)?;
         let presence_ttl = options.presence_ttl;
+        let events = Arc::new(super::queue::RedisQueue::new(
+            conn.clone(),
+            &options.prefix,
+            uuid::Uuid::new_v4().simple().to_string(),
+        ));
         let engine = Arc::new(RedisEngine {
             client,
             conn,
@@ -135,6 +140,7 @@ impl RedisEngine {
             broker: engine.clone(),
             presence: engine,
             presence_ttl,
+            events,
         })
     }
 

@@ -131,15 +131,57 @@ impl Subscriber {
     fn only_exact(&self) -> bool {
         self.matchers.iter().all(|m| m.exact_topic().is_some())
     }
+
+    /// The key of its pattern group, when it has exactly one pattern.
+    fn pattern_key(&self) -> Option<String> {
+        match &self.matchers[..] {
+            [m] if m.exact_topic().is_none() => Some(format!("{m:?}")),
+            _ => None,
+        }
+    }
 }
+
+/// Subscribers of one pattern: the pattern is tested once per publication,
+/// whatever the number of its subscribers.
+struct PatternGroup {
+    matcher: TopicMatcher,
+    subscribers: Vec<Arc<Subscriber>>,
+}
+
+/// Told when a channel gets its first exact subscriber on this node (true)
+/// or loses its last (false): webhooks' `occupied` and `vacated`.
+pub type OccupancyHandler = Box<dyn Fn(&str, bool) + Send + Sync>;
 
 #[derive(Default)]
 struct Index {
     by_id: HashMap<u64, Arc<Subscriber>>,
     /// Subscribers whose matchers are all exact, by topic.
     exact: HashMap<String, Vec<Arc<Subscriber>>>,
-    /// Subscribers with a pattern or wildcard: evaluated per publication.
+    /// Subscribers with one pattern, grouped by pattern.
+    patterns: HashMap<String, PatternGroup>,
+    /// Subscribers with several matchers, some patterns: evaluated per
+    /// publication.
     scanned: Vec<Arc<Subscriber>>,
+}
+
+impl Index {
+    /// Subscribers with a pattern that selects `topics` (each group's pattern
+    /// tested once), then the scanned ones.
+    fn matching<'a>(
+        &'a self,
+        topics: impl Iterator<Item = &'a str> + Clone + 'a,
+    ) -> impl Iterator<Item = &'a Arc<Subscriber>> + 'a {
+        let t = topics.clone();
+        self.patterns
+            .values()
+            .filter(move |g| g.matcher.matches_any(t.clone()))
+            .flat_map(|g| g.subscribers.iter())
+            .chain(
+                self.scanned
+                    .iter()
+                    .filter(move |s| s.matchers.iter().any(|m| m.matches_any(topics.clone()))),
+            )
+    }
 }
 
 /// The subscriber index and the fan-out step.
@@ -151,9 +193,16 @@ struct Fanout {
     deliveries: AtomicU64,
     drops: AtomicU64,
     slow_disconnects: AtomicU64,
+    on_occupancy: OnceLock<OccupancyHandler>,
 }
 
 impl Fanout {
+    fn occupancy(&self, channel: &str, occupied: bool) {
+        if let Some(handler) = self.on_occupancy.get() {
+            handler(channel, occupied);
+        }
+    }
+
     fn deliver(&self, p: &Arc<Publication>) {
         let mut slow = Vec::new();
         {
@@ -187,8 +236,8 @@ impl Fanout {
                     }
                 }
             }
-            for s in &index.scanned {
-                if s.matchers.iter().any(|m| m.matches_any(p.topics())) {
+            if !index.patterns.is_empty() || !index.scanned.is_empty() {
+                for s in index.matching(p.topics()) {
                     offer(s);
                 }
             }
@@ -209,12 +258,7 @@ impl Fanout {
         {
             let index = self.index.read();
             let exact = index.exact.get(channel).into_iter().flatten();
-            for s in exact.chain(
-                index
-                    .scanned
-                    .iter()
-                    .filter(|s| s.matchers.iter().any(|m| m.matches(channel))),
-            ) {
+            for s in exact.chain(index.matching(std::iter::once(channel))) {
                 if s.join_leave
                     && s.sink.tx.try_send(event.clone()).is_err()
                     && !s.sink.tx.is_closed()
@@ -249,6 +293,7 @@ impl Fanout {
         let Some(s) = index.by_id.remove(&id) else {
             return;
         };
+        let mut vacated = Vec::new();
         if s.only_exact() {
             for m in &s.matchers {
                 let topic = m.exact_topic().unwrap_or_default();
@@ -256,11 +301,23 @@ impl Fanout {
                     list.retain(|o| o.id != id);
                     if list.is_empty() {
                         index.exact.remove(topic);
+                        vacated.push(topic);
                     }
+                }
+            }
+        } else if let Some(key) = s.pattern_key() {
+            if let Some(group) = index.patterns.get_mut(&key) {
+                group.subscribers.retain(|o| o.id != id);
+                if group.subscribers.is_empty() {
+                    index.patterns.remove(&key);
                 }
             }
         } else {
             index.scanned.retain(|o| o.id != id);
+        }
+        drop(index);
+        for topic in vacated {
+            self.occupancy(topic, false);
         }
     }
 }
@@ -390,6 +447,7 @@ impl Hub {
             deliveries: AtomicU64::new(0),
             drops: AtomicU64::new(0),
             slow_disconnects: AtomicU64::new(0),
+            on_occupancy: OnceLock::new(),
         });
         let (tx, rx) = mpsc::channel(options.max_batch * 8);
         let publications = Arc::new(AtomicU64::new(0));
@@ -457,22 +515,47 @@ impl Hub {
             join_leave,
         });
         let mut index = self.fanout.index.write();
+        let mut occupied = Vec::new();
         if s.only_exact() {
             for m in &s.matchers {
-                let topic = m.exact_topic().unwrap_or_default().to_owned();
-                index.exact.entry(topic).or_default().push(s.clone());
+                let topic = m.exact_topic().unwrap_or_default();
+                let list = index.exact.entry(topic.to_owned()).or_default();
+                if list.is_empty() {
+                    occupied.push(topic);
+                }
+                list.push(s.clone());
             }
+        } else if let Some(key) = s.pattern_key() {
+            let matcher = s.matchers[0].clone();
+            index
+                .patterns
+                .entry(key)
+                .or_insert_with(|| PatternGroup {
+                    matcher,
+                    subscribers: Vec::new(),
+                })
+                .subscribers
+                .push(s.clone());
         } else {
             index.scanned.push(s.clone());
         }
-        index.by_id.insert(id, s);
+        index.by_id.insert(id, s.clone());
         let snapshot_seq = self.fanout.last_seq.load(Ordering::Acquire);
         drop(index);
+        for topic in occupied {
+            self.fanout.occupancy(topic, true);
+        }
         SubscriptionHandle {
             id,
             snapshot_seq,
             fanout: Arc::downgrade(&self.fanout),
         }
+    }
+
+    /// Sets who is told when a channel becomes occupied or vacated on this
+    /// node (once; later calls are ignored).
+    pub fn on_occupancy(&self, handler: OccupancyHandler) {
+        let _ = self.fanout.on_occupancy.set(handler);
     }
 
     /// A connection with one subscription (what an SSE stream needs).

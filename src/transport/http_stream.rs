@@ -129,6 +129,7 @@ async fn open_stream(
             .unwrap_or_default(),
         _ => Vec::new(),
     };
+    let forwarded = node.proxy.forwarded_headers(req.headers());
     let first_frame = match (req.method(), query_frame) {
         (&Method::GET, Some(q)) if event_stream => Bytes::from(q),
         (&Method::GET, None) if transport == Transport::UniSse => Bytes::new(),
@@ -158,6 +159,7 @@ async fn open_stream(
         first_frame: Some(first_frame),
         resume_from,
         remote: remote.to_string(),
+        headers: forwarded,
     };
     tokio::spawn(connection::run(
         StreamWire { tx, inbox },

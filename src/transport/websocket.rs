@@ -90,6 +90,7 @@ fn upgrade(
         Some(b"centrifuge-protobuf") if !transport.unidirectional() => Encoding::Protobuf,
         _ => Encoding::Json,
     };
+    let forwarded = state.node.proxy.forwarded_headers(&headers);
     ws.on_upgrade(move |socket| {
         let start = Start {
             transport,
@@ -102,6 +103,7 @@ fn upgrade(
             first_frame,
             resume_from: Vec::new(),
             remote: remote.to_string(),
+            headers: forwarded,
         };
         let wire = WsWire { socket, encoding };
         connection::run(wire, state.node.clone(), state.shutdown.clone(), start)

@@ -1,6 +1,7 @@
 //! Test harness: runs the real `tidings` binary and talks to it over HTTP.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod ws;
 
 use std::io::{BufRead, BufReader};

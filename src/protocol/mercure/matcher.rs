@@ -69,8 +69,17 @@ pub enum MatcherError {
 enum Compiled {
     Wildcard,
     Exact,
-    UrlPattern { pattern: Arc<UrlPattern>, base: Url },
+    UrlPattern {
+        pattern: Arc<UrlPattern>,
+        base: Url,
+    },
     Template(Regex),
+    /// A Centrifugo channel pattern: the namespace (`ns:`, or empty) must
+    /// be equal, the rest is matched as a URL Pattern pathname.
+    Channel {
+        namespace: String,
+        pattern: Arc<UrlPattern>,
+    },
 }
 
 /// A compiled topic matcher (cheap to clone).
@@ -110,6 +119,31 @@ impl TopicMatcher {
         })
     }
 
+    /// A Centrifugo channel pattern such as `rooms:eu/*` or
+    /// `rooms::region/lobby`: after the namespace, URL Pattern pathname
+    /// syntax (`*`, `:name`, `(regex)`, `{optional}?`).
+    pub fn channel_pattern(raw: &str) -> Result<Self, MatcherError> {
+        super::text::check_chars("channel pattern", raw).map_err(MatcherError::Chars)?;
+        let (namespace, rest) = match raw.split_once(':') {
+            Some((ns, rest)) => (format!("{ns}:"), rest),
+            None => (String::new(), raw),
+        };
+        let init = UrlPatternInit {
+            pathname: Some(format!("/{rest}")),
+            ..Default::default()
+        };
+        let pattern = UrlPattern::parse(init, UrlPatternOptions { ignore_case: false })
+            .map_err(|e| MatcherError::UrlPattern(raw.to_owned(), e.to_string()))?;
+        Ok(TopicMatcher {
+            kind: MatcherType::Urlpattern,
+            raw: raw.to_owned(),
+            compiled: Compiled::Channel {
+                namespace,
+                pattern: Arc::new(pattern),
+            },
+        })
+    }
+
     /// The matcher type.
     pub fn kind(&self) -> MatcherType {
         self.kind
@@ -140,6 +174,22 @@ impl TopicMatcher {
                     .unwrap_or(false),
                 Err(_) => false,
             },
+            Compiled::Channel { namespace, pattern } => {
+                let rest = if namespace.is_empty() {
+                    (!topic.contains(':')).then_some(topic)
+                } else {
+                    topic.strip_prefix(namespace.as_str())
+                };
+                rest.is_some_and(|rest| {
+                    let input = UrlPatternInit {
+                        pathname: Some(format!("/{rest}")),
+                        ..Default::default()
+                    };
+                    pattern
+                        .test(UrlPatternMatchInput::Init(input))
+                        .unwrap_or(false)
+                })
+            }
         }
     }
 
@@ -209,6 +259,20 @@ mod tests {
         let t = TopicMatcher::new(MatcherType::Legacy, "https://e.com/b/{id}", &base()).unwrap();
         assert!(t.matches("https://e.com/b/9") && !t.matches("https://e.com/c/9"));
         assert!(TopicMatcher::new(MatcherType::Legacy, "https://e.com/{id", &base()).is_err());
+    }
+
+    #[test]
+    fn channel_patterns_match_within_their_namespace() {
+        let m = TopicMatcher::channel_pattern("rooms:eu/*").unwrap();
+        assert!(m.matches("rooms:eu/paris") && m.matches("rooms:eu/paris/lobby"));
+        assert!(!m.matches("rooms:us/nyc") && !m.matches("other:eu/paris"));
+        assert!(!m.matches("eu/paris") && m.exact_topic().is_none());
+        let named = TopicMatcher::channel_pattern("rooms::region/lobby").unwrap();
+        assert!(named.matches("rooms:eu/lobby") && !named.matches("rooms:eu/kitchen"));
+        assert!(!named.matches("rooms:eu/x/lobby"));
+        let plain = TopicMatcher::channel_pattern("news-*").unwrap();
+        assert!(plain.matches("news-sport") && !plain.matches("chat:news-sport"));
+        assert!(TopicMatcher::channel_pattern("rooms:(").is_err());
     }
 
     #[test]
