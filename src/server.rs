@@ -340,6 +340,7 @@ pub async fn serve(
         webhooks.clone(),
     )
     .map_err(ServerError::Setup)?;
+    let live = node.clone();
     let draining = CancellationToken::new();
     let centrifugo = Arc::new(CentrifugoState {
         node,
@@ -379,7 +380,14 @@ pub async fn serve(
             tracing::warn!("connections still open after the grace period; closing them");
         }
     }
-    // Every connection has ended: their disconnect events are emitted.
+    // Upgraded connections (WebSocket) outlive the HTTP server: wait for
+    // their sessions to end, so their disconnect events are queued.
+    let _ = tokio::time::timeout(grace, async {
+        while live.counts().0 > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     webhooks.shutdown().await;
     hub.shutdown().await;
     tracing::info!("history flushed; bye");

@@ -53,10 +53,13 @@ pub trait EventQueue: Send + Sync {
     }
 }
 
+/// One in-memory queue: the last number given, and the numbered events.
+type Numbered = (u64, VecDeque<(u64, Bytes)>);
+
 /// Events in memory: lost at restart (`history.engine = "memory"`).
 #[derive(Default)]
 pub struct MemoryQueue {
-    queues: Mutex<HashMap<String, (u64, VecDeque<(u64, Bytes)>)>>,
+    queues: Mutex<HashMap<String, Numbered>>,
 }
 
 #[async_trait]
