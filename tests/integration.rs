@@ -279,8 +279,9 @@ async fn every_proxy_with_its_backend_down_gives_a_temporary_error() {
     }
 }
 
-#[tokio::test]
-async fn refresh_and_sub_refresh_proxies_extend_or_end() {
+/// A hub with a refresh proxy whose connect proxy accepts user 56 for one
+/// second; returns the time now (Unix seconds).
+async fn refreshing_hub() -> (Backend, Hub, u64) {
     let backend = Backend::start().await;
     let refresh = format!("{}/refresh", backend.url);
     let hub = proxied_hub(&backend.url, &[("proxy.refresh_endpoint", &refresh)]);
@@ -292,6 +293,12 @@ async fn refresh_and_sub_refresh_proxies_extend_or_end() {
         "/connect",
         Answer::Json(json!({"result": {"user": "56", "expire_at": now + 1}})),
     );
+    (backend, hub, now)
+}
+
+#[tokio::test]
+async fn refresh_and_sub_refresh_proxies_extend_or_end() {
+    let (backend, hub, now) = refreshing_hub().await;
     let (mut ws, r) = connect_with_cookie(&hub).await;
     // The hub refreshes by itself: the client is not told to.
     assert!(r[0]["connect"].get("expires").is_none(), "{r:?}");
@@ -351,17 +358,7 @@ async fn refresh_and_sub_refresh_proxies_extend_or_end() {
 
 #[tokio::test]
 async fn refresh_proxy_expired_closes_the_connection() {
-    let backend = Backend::start().await;
-    let refresh = format!("{}/refresh", backend.url);
-    let hub = proxied_hub(&backend.url, &[("proxy.refresh_endpoint", &refresh)]);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    backend.answer(
-        "/connect",
-        Answer::Json(json!({"result": {"user": "56", "expire_at": now + 1}})),
-    );
+    let (backend, hub, _) = refreshing_hub().await;
     backend.answer(
         "/refresh",
         Answer::Json(json!({"result": {"expired": true}})),
