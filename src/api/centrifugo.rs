@@ -238,17 +238,7 @@ async fn publish_one(
     tags: BTreeMap<String, String>,
 ) -> ApiResult {
     check_channel(node, &channel)?;
-    let draft = Draft {
-        channel,
-        alternates: Vec::new(),
-        id: format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-        data,
-        event_type: None,
-        retry: None,
-        private: false,
-        info: None,
-        tags,
-    };
+    let draft = Draft::to_channel(channel, data, None, tags);
     let p = node
         .hub
         .publish(draft)

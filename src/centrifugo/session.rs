@@ -990,26 +990,12 @@ impl Session {
             .get(&req.channel)
             .map(|s| (*s.info).clone())
             .unwrap_or_else(|| ClientInfo {
-                user: self
-                    .connected
-                    .as_ref()
-                    .map(|c| c.user.clone())
-                    .unwrap_or_default(),
+                user: self.user().to_owned(),
                 client: self.client.clone(),
                 conn_info: self.connected.as_ref().and_then(|c| c.conn_info.clone()),
                 chan_info: None,
             });
-        let draft = Draft {
-            channel: req.channel,
-            alternates: Vec::new(),
-            id: format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-            data,
-            event_type: None,
-            retry: None,
-            private: false,
-            info: Some(info),
-            tags: tags.into_iter().collect(),
-        };
+        let draft = Draft::to_channel(req.channel, data, Some(info), tags);
         Ok(match self.node.hub.publish(draft).await {
             Ok(_) => Reply {
                 id,

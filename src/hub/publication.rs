@@ -50,6 +50,29 @@ pub struct Draft {
     pub tags: std::collections::BTreeMap<String, String>,
 }
 
+impl Draft {
+    /// A public publication to one channel, as the Centrifugo side makes
+    /// them (client publish, server API): a fresh id, no SSE fields.
+    pub fn to_channel(
+        channel: String,
+        data: Bytes,
+        info: Option<super::ClientInfo>,
+        tags: std::collections::BTreeMap<String, String>,
+    ) -> Draft {
+        Draft {
+            channel,
+            alternates: Vec::new(),
+            id: format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+            data,
+            event_type: None,
+            retry: None,
+            private: false,
+            info,
+            tags,
+        }
+    }
+}
+
 /// A stored, positioned publication.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Publication {
