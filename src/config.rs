@@ -152,6 +152,17 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("webhooks.timeout", Kind::Str),
     ("webhooks.max_backoff", Kind::Str),
     ("webhooks.max_queue", Kind::Int),
+    ("tls.cert_file", Kind::Str),
+    ("tls.key_file", Kind::Str),
+    ("limits.max_connections", Kind::Int),
+    ("limits.max_connections_per_ip", Kind::Int),
+    ("limits.max_connections_per_user", Kind::Int),
+    ("limits.max_streams", Kind::Int),
+    ("limits.header_timeout", Kind::Str),
+    ("limits.idle_timeout", Kind::Str),
+    ("limits.publish_rate", Kind::Int),
+    ("limits.api_publish_rate", Kind::Int),
+    ("limits.queue_bytes", Kind::Int),
 ];
 
 /// The environment variable of a key.
@@ -193,6 +204,63 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// Webhooks: the application's backend is told what happened.
     pub webhooks: WebhooksConfig,
+    /// HTTPS: certificate and key files.
+    pub tls: TlsConfig,
+    /// What one client, address or credential may take of the hub.
+    pub limits: LimitsConfig,
+}
+
+/// `[tls]`: when both files are set the hub serves HTTPS only (HTTP/2 and
+/// HTTP/1.1 chosen by ALPN); SIGHUP reloads them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+}
+
+/// `[limits]`. Counts of 0 mean "no limit".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Open TCP connections, all clients together.
+    pub max_connections: usize,
+    /// Open TCP connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Centrifugo sessions of one user (anonymous users are not counted).
+    pub max_connections_per_user: usize,
+    /// Concurrent HTTP/2 streams on one connection.
+    pub max_streams: usize,
+    /// Time a client has to send a request's headers (and finish TLS).
+    pub header_timeout: String,
+    /// An HTTP connection with no bytes either way for this long is closed.
+    pub idle_timeout: String,
+    /// Client publications per second on one Centrifugo connection.
+    pub publish_rate: usize,
+    /// Publications per second through one server credential (Centrifugo
+    /// API key, Mercure publisher token).
+    pub api_publish_rate: usize,
+    /// Bytes of publications queued for one connection before it is
+    /// dropped as a slow consumer.
+    pub queue_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 100_000,
+            max_connections_per_ip: 0,
+            max_connections_per_user: 0,
+            max_streams: 256,
+            header_timeout: "10s".into(),
+            idle_timeout: "120s".into(),
+            publish_rate: 100,
+            api_publish_rate: 0,
+            queue_bytes: 16 << 20,
+        }
+    }
 }
 
 /// `[proxy]`: endpoints of the application asked to decide on client
@@ -302,6 +370,8 @@ impl Default for Config {
             centrifugo: CentrifugoConfig::default(),
             proxy: ProxyConfig::default(),
             webhooks: WebhooksConfig::default(),
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -721,6 +791,10 @@ pub struct Settings {
     pub proxy: crate::integration::proxy::ProxySettings,
     /// Webhook delivery.
     pub webhooks: crate::integration::webhooks::WebhookSettings,
+    /// HTTPS certificate and key files (None: plain HTTP and h2c).
+    pub tls: Option<crate::server::tls::TlsFiles>,
+    /// Connection, rate and queue limits.
+    pub limits: crate::limits::LimitSettings,
 }
 
 /// Where history lives.
@@ -914,7 +988,10 @@ impl Config {
             Some(u) => {
                 Url::parse(u).map_err(|e| invalid("mercure.hub_url", format!("{u:?}: {e}")))?
             }
-            None => Url::parse(&format!("http://{listen}/.well-known/mercure"))
+            None => Url::parse(&format!(
+                "{}://{listen}/.well-known/mercure",
+                if self.tls.cert_file.is_some() { "https" } else { "http" }
+            ))
                 .map_err(|e| invalid("listen", e.to_string()))?,
         };
         if hub_url.cannot_be_a_base() || !["http", "https"].contains(&hub_url.scheme()) {
@@ -1015,7 +1092,23 @@ impl Config {
         }
         let proxy = self.validate_proxy(&centrifugo)?;
         let webhooks = self.validate_webhooks()?;
+        let limits = self.validate_limits(&centrifugo)?;
+        let tls = match (&self.tls.cert_file, &self.tls.key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let files = crate::server::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                };
+                files.load().map_err(|e| invalid("tls.cert_file", e.to_string()))?;
+                Some(files)
+            }
+            (Some(_), None) => return Err(invalid("tls.key_file", "is needed with tls.cert_file")),
+            (None, Some(_)) => return Err(invalid("tls.cert_file", "is needed with tls.key_file")),
+        };
         Ok(Settings {
+            tls,
+            limits,
             centrifugo,
             proxy,
             webhooks,
@@ -1139,6 +1232,37 @@ impl Config {
             }
         }
         Ok(settings)
+    }
+
+    fn validate_limits(
+        &self,
+        centrifugo: &CentrifugoSettings,
+    ) -> Result<crate::limits::LimitSettings, ConfigError> {
+        let l = &self.limits;
+        let idle_timeout = duration("limits.idle_timeout", &l.idle_timeout)?;
+        let heartbeat = duration("mercure.heartbeat", &self.mercure.heartbeat)?;
+        if idle_timeout <= heartbeat || idle_timeout <= centrifugo.ping_interval {
+            return Err(invalid(
+                "limits.idle_timeout",
+                "must be longer than mercure.heartbeat and centrifugo.ping_interval, which keep live streams busy",
+            ));
+        }
+        let header_timeout = duration("limits.header_timeout", &l.header_timeout)?;
+        if header_timeout.is_zero() {
+            return Err(invalid("limits.header_timeout", "must be more than 0"));
+        }
+        let some = |n: usize| (n > 0).then_some(n);
+        Ok(crate::limits::LimitSettings {
+            max_connections: some(l.max_connections),
+            max_connections_per_ip: some(l.max_connections_per_ip),
+            max_connections_per_user: some(l.max_connections_per_user),
+            max_streams: positive("limits.max_streams", l.max_streams)?,
+            header_timeout,
+            idle_timeout,
+            publish_rate: some(l.publish_rate),
+            api_publish_rate: some(l.api_publish_rate),
+            queue_bytes: positive("limits.queue_bytes", l.queue_bytes)?,
+        })
     }
 
     fn validate_webhooks(

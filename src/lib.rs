@@ -34,7 +34,10 @@
 //! - [`auth`]: JWT verification and Mercure grants.
 //! - [`api`]: the HTTP endpoints (Mercure, Centrifugo server API).
 //! - [`config`]: file + env + flags, validated once.
-//! - [`server`]: routing, start and graceful shutdown, `/readyz`.
+//! - [`server`]: accepting connections (TCP, TLS with reload, HTTP/1.1,
+//!   HTTP/2 and h2c, header and idle timeouts), routing, start and graceful
+//!   shutdown, `/readyz`.
+//! - [`limits`]: connection admission and publish rate limits.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`web`], [`demo`]: the demo page and admin dashboard, the demo ticker.
 //! - [`cli`]: the `publish`, `subscribe` and `token` subcommands.
@@ -50,6 +53,7 @@ pub mod engine;
 pub mod history;
 pub mod hub;
 pub mod integration;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

@@ -6,7 +6,7 @@
 //! with their last id), let in-flight publishes finish, drain the hub's log
 //! into history, close history.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -30,6 +30,9 @@ use crate::integration::queue::{DiskQueue, EventQueue, MemoryQueue};
 use crate::integration::webhooks::{Event, EventKind, Webhooks};
 use crate::transport::{emulation, http_stream, websocket, CentrifugoState};
 use crate::web;
+
+pub mod listener;
+pub mod tls;
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -155,8 +158,14 @@ pub fn router(
         .with_state(mercure);
     let node = centrifugo.node.clone();
     let connections = Router::new()
-        .route("/connection/websocket", get(websocket::bidirectional))
-        .route("/connection/uni_websocket", get(websocket::unidirectional))
+        .route(
+            "/connection/websocket",
+            get(websocket::bidirectional).connect(websocket::bidirectional),
+        )
+        .route(
+            "/connection/uni_websocket",
+            get(websocket::unidirectional).connect(websocket::unidirectional),
+        )
         .route("/connection/http_stream", post(http_stream::http_stream))
         .route(
             "/connection/sse",
@@ -355,15 +364,27 @@ pub async fn serve(
     if settings.demo {
         tokio::spawn(crate::demo::run_ticker(hub.clone(), shutdown.clone()));
     }
-    let app = router(mercure, centrifugo, admin, settings.demo)
-        .into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(mercure, centrifugo, admin, settings.demo);
+    let tls = match &settings.tls {
+        Some(files) => {
+            let cert = tls::ReloadingCert::new(files.clone())
+                .map_err(|e| ServerError::Setup(format!("TLS: {e}")))?;
+            cert.reload_on_sighup();
+            Some(
+                cert.acceptor()
+                    .map_err(|e| ServerError::Setup(format!("TLS: {e}")))?,
+            )
+        }
+        None => None,
+    };
     on_bound(addr);
-    tracing::info!(%addr, hub = %settings.mercure.hub_url, store = ?settings.store, "listening");
+    tracing::info!(%addr, hub = %settings.mercure.hub_url, store = ?settings.store, tls = tls.is_some(), "listening");
 
-    let stop = shutdown.clone();
-    let grace = settings.shutdown_grace;
+    let stop_accepting = CancellationToken::new();
+    let stop = stop_accepting.clone();
+    let streams = shutdown.clone();
     let drain = settings.shutdown_drain;
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    tokio::spawn(async move {
         signal.await;
         draining.cancel();
         if !drain.is_zero() {
@@ -371,14 +392,14 @@ pub async fn serve(
             tokio::time::sleep(drain).await;
         }
         tracing::info!("shutting down: ending streams, finishing publishes");
+        streams.cancel();
         stop.cancel();
     });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        r = &mut server => r?,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("connections still open after the grace period; closing them");
-        }
+    let connections =
+        listener::serve(listener, tls, &settings.limits, app, stop_accepting).await;
+    let grace = settings.shutdown_grace;
+    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+        tracing::warn!("connections still open after the grace period; closing them");
     }
     // Upgraded connections (WebSocket) outlive the HTTP server: wait for
     // their sessions to end, so their disconnect events are queued.
