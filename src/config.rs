@@ -990,9 +990,13 @@ impl Config {
             }
             None => Url::parse(&format!(
                 "{}://{listen}/.well-known/mercure",
-                if self.tls.cert_file.is_some() { "https" } else { "http" }
+                if self.tls.cert_file.is_some() {
+                    "https"
+                } else {
+                    "http"
+                }
             ))
-                .map_err(|e| invalid("listen", e.to_string()))?,
+            .map_err(|e| invalid("listen", e.to_string()))?,
         };
         if hub_url.cannot_be_a_base() || !["http", "https"].contains(&hub_url.scheme()) {
             return Err(invalid("mercure.hub_url", "must be an http(s) URL"));
@@ -1093,6 +1097,7 @@ impl Config {
         let proxy = self.validate_proxy(&centrifugo)?;
         let webhooks = self.validate_webhooks()?;
         let limits = self.validate_limits(&centrifugo)?;
+        let queue_bytes = limits.queue_bytes;
         let tls = match (&self.tls.cert_file, &self.tls.key_file) {
             (None, None) => None,
             (Some(cert), Some(key)) => {
@@ -1100,7 +1105,9 @@ impl Config {
                     cert: cert.clone(),
                     key: key.clone(),
                 };
-                files.load().map_err(|e| invalid("tls.cert_file", e.to_string()))?;
+                files
+                    .load()
+                    .map_err(|e| invalid("tls.cert_file", e.to_string()))?;
                 Some(files)
             }
             (Some(_), None) => return Err(invalid("tls.key_file", "is needed with tls.cert_file")),
@@ -1133,6 +1140,7 @@ impl Config {
                 .max(Duration::from_millis(100)),
             hub: crate::hub::HubOptions {
                 queue_capacity: positive("hub.queue_size", self.hub.queue_size)?,
+                queue_bytes,
                 max_batch: positive("hub.max_batch", self.hub.max_batch)?,
                 sweep_interval: duration("history.sweep_interval", &self.history.sweep_interval)?
                     .max(Duration::from_millis(100)),

@@ -127,7 +127,11 @@ impl<K: Eq + Hash + Clone + Send + 'static> Drop for Ticket<K> {
 }
 
 impl<K: Eq + Hash + Clone + Send + 'static> Admission<K> {
-    fn new(max_total: Option<usize>, max_per_key: Option<usize>, refusals: (Refusal, Refusal)) -> Self {
+    fn new(
+        max_total: Option<usize>,
+        max_per_key: Option<usize>,
+        refusals: (Refusal, Refusal),
+    ) -> Self {
         Admission {
             state: Arc::new(Mutex::new(Counts {
                 total: 0,

@@ -68,6 +68,16 @@ pub async fn handle(
         crate::metrics::auth_failure("api", "invalid api key");
         return (StatusCode::UNAUTHORIZED, msg).into_response();
     }
+    if matches!(method.as_str(), "publish" | "broadcast" | "batch")
+        && !node.api_rate.allow("centrifugo-api-key")
+    {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            "publish rate limit exceeded for this API key (limits.api_publish_rate)\n",
+        )
+            .into_response();
+    }
     respond(&node, &method, &body).await
 }
 

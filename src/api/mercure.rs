@@ -23,6 +23,7 @@ use crate::config::MercureSettings;
 use crate::hub::{Draft, Filter, Hub, Publication};
 use crate::integration::proxy::{Decision, Proxy};
 use crate::integration::webhooks::{Event, EventKind, Webhooks};
+use crate::limits::KeyedRateLimiter;
 use crate::protocol::mercure::matcher::{MatcherType, TopicMatcher};
 use crate::protocol::mercure::request::{self, RequestError};
 use crate::protocol::mercure::subscription::{self, SubscriptionDoc};
@@ -51,6 +52,7 @@ pub struct MercureState {
     settings: MercureSettings,
     active: Mutex<HashMap<String, Vec<Active>>>,
     shutdown: CancellationToken,
+    api_rate: Arc<KeyedRateLimiter>,
 }
 
 impl MercureState {
@@ -61,6 +63,7 @@ impl MercureState {
         shutdown: CancellationToken,
         proxy: Arc<Proxy>,
         webhooks: Arc<Webhooks>,
+        api_rate: Arc<KeyedRateLimiter>,
     ) -> Result<Arc<Self>, String> {
         let key = |m: &str| crate::auth::jwt::TrustedKey::new(m, settings.algorithm);
         let verifier = Verifier {
@@ -80,6 +83,7 @@ impl MercureState {
             settings,
             active: Mutex::new(HashMap::new()),
             shutdown,
+            api_rate,
         }))
     }
 
@@ -121,6 +125,8 @@ pub enum MercureError {
     NotFound,
     /// The authorization hook refused.
     Refused(String),
+    /// The publisher's credential is over `limits.api_publish_rate`.
+    TooManyRequests,
 }
 
 impl From<AuthError> for MercureError {
@@ -204,6 +210,16 @@ impl MercureError {
                 return plain(StatusCode::NOT_FOUND, "no such subscription".into())
             }
             MercureError::Refused(m) => return plain(StatusCode::FORBIDDEN, m),
+            MercureError::TooManyRequests => {
+                let mut res = plain(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "publish rate limit exceeded for this credential (limits.api_publish_rate)"
+                        .into(),
+                );
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return res;
+            }
         };
         let mut res = plain(status, message);
         res.headers_mut()
@@ -545,6 +561,9 @@ async fn publish_inner(state: &Arc<MercureState>, req: Request) -> Result<Respon
     let grants = match find_token(&parts.headers, state, query_token)? {
         Some((token, source)) => {
             let grants = state.verifier.verify(&token, Role::Publisher)?;
+            if !state.api_rate.allow(&token) {
+                return Err(MercureError::TooManyRequests);
+            }
             if source == TokenSource::Cookie && !same_origin_or_allowed(state, &parts.headers) {
                 // Cookie-authenticated publishing is a CSRF target.
                 return Err(AuthError::InsufficientScope.into());

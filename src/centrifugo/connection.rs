@@ -131,6 +131,7 @@ async fn drive<W: Wire>(
                 },
                 n = deliveries.recv_many(&mut batch, BATCH) => {
                     if n == 0 { break Ok(()) }
+                    sink.dequeued(&batch);
                     for d in batch.drain(..) {
                         session.push(d, &mut out);
                     }

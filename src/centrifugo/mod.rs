@@ -13,6 +13,7 @@
 pub mod connection;
 pub mod session;
 
+use crate::limits::{KeyedRateLimiter, LimitSettings, Refusal};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -172,6 +173,10 @@ pub struct Node {
     pub proxy: Arc<Proxy>,
     /// Where connection and subscription events go.
     pub webhooks: Arc<Webhooks>,
+    /// Per-user connections, client publish rate.
+    pub limits: LimitSettings,
+    /// Publications per second through the API key.
+    pub api_rate: Arc<KeyedRateLimiter>,
     clients: Mutex<HashMap<String, Registered>>,
     users: Mutex<HashMap<String, HashSet<String>>>,
     emulated: Mutex<HashMap<String, mpsc::Sender<bytes::Bytes>>>,
@@ -185,6 +190,8 @@ impl Node {
         name: String,
         proxy: Arc<Proxy>,
         webhooks: Arc<Webhooks>,
+        limits: LimitSettings,
+        api_rate: Arc<KeyedRateLimiter>,
     ) -> Result<Arc<Node>, String> {
         let key = TrustedKey::new(&settings.token_key, settings.token_algorithm)?;
         let node = Arc::new(Node {
@@ -195,6 +202,8 @@ impl Node {
             name,
             proxy,
             webhooks,
+            limits,
+            api_rate,
             clients: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
             emulated: Mutex::new(HashMap::new()),
@@ -243,19 +252,30 @@ impl Node {
         }
     }
 
-    fn register(&self, client: &str, user: &str, control: mpsc::UnboundedSender<Control>) {
-        self.clients.lock().insert(
+    /// Registers a connected client; false when its (authenticated) user
+    /// already has `limits.max_connections_per_user` connections here.
+    fn register(&self, client: &str, user: &str, control: mpsc::UnboundedSender<Control>) -> bool {
+        let mut clients = self.clients.lock();
+        let mut users = self.users.lock();
+        if let Some(max) = self.limits.max_connections_per_user {
+            if !user.is_empty() && users.get(user).is_some_and(|c| c.len() >= max) {
+                metrics::counter!("tidings_limit_refusals_total", "limit" => Refusal::ConnectionsPerUser.label())
+                    .increment(1);
+                return false;
+            }
+        }
+        clients.insert(
             client.to_owned(),
             Registered {
                 user: user.to_owned(),
                 control,
             },
         );
-        self.users
-            .lock()
+        users
             .entry(user.to_owned())
             .or_default()
             .insert(client.to_owned());
+        true
     }
 
     fn unregister(&self, client: &str) {

@@ -25,6 +25,7 @@ use crate::hub::publication::client_info;
 use crate::hub::{ClientInfo, Delivery, Draft, Filter, Publication, Sink, SubscriptionHandle};
 use crate::integration::proxy::{self as backend, Decision, Payload};
 use crate::integration::webhooks::{Event, EventKind};
+use crate::limits::RateLimiter;
 use crate::protocol::centrifuge::outbox::Outbox;
 use crate::protocol::centrifuge::resume::{self, ChannelPosition};
 use crate::protocol::centrifuge::{
@@ -152,6 +153,8 @@ pub struct Session {
     last_pattern_seq: u64,
     /// Set when a pong (an empty command) arrives.
     pub got_pong: bool,
+    /// `limits.publish_rate` for this connection.
+    publish_rate: Option<RateLimiter>,
 }
 
 fn now_secs() -> u64 {
@@ -172,6 +175,7 @@ impl Session {
     ) -> (Session, mpsc::UnboundedReceiver<Control>) {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let session = Session {
+            publish_rate: node.limits.publish_rate.map(RateLimiter::new),
             node,
             transport,
             encoding,
@@ -394,14 +398,19 @@ impl Session {
             Some(b) => (b.data, b.meta, b.chan_infos),
             None => (Bytes::new(), None, HashMap::new()),
         };
-        self.connected = Some(Connected {
+        let connected = Connected {
             user: token.user.clone(),
             conn_info: token.info.clone(),
             expires_at: token.expires_at,
             meta,
-        });
-        self.node
-            .register(&self.client, &token.user, self.control_tx.clone());
+        };
+        if !self
+            .node
+            .register(&self.client, &token.user, self.control_tx.clone())
+        {
+            return Err(close(disconnect::CONNECTION_LIMIT));
+        }
+        self.connected = Some(connected);
         if self.node.webhooks.wants(EventKind::Connect) {
             self.node.webhooks.emit(self.event(EventKind::Connect));
         }
@@ -959,6 +968,9 @@ impl Session {
             Ok(ns) => ns.clone(),
             Err(code) => return Ok(error_reply(id, code)),
         };
+        if self.publish_rate.as_mut().is_some_and(|r| !r.allow()) {
+            return Ok(error_reply(id, errors::TOO_MANY_REQUESTS));
+        }
         if req.data.is_empty() || (ns.wildcards && is_pattern(&req.channel)) {
             // A pattern names many channels: one cannot publish to it.
             return Ok(error_reply(id, errors::BAD_REQUEST));

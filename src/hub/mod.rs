@@ -18,7 +18,7 @@ pub mod presence;
 pub mod publication;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -65,6 +65,9 @@ pub trait Filter: Send + Sync {
 pub struct HubOptions {
     /// Publications a subscriber may have queued before it is dropped.
     pub queue_capacity: usize,
+    /// Bytes of publications a subscriber may have queued before it is
+    /// dropped (`limits.queue_bytes`).
+    pub queue_bytes: usize,
     /// Most publications appended in one history commit.
     pub max_batch: usize,
     /// How often expired history is reclaimed.
@@ -75,6 +78,7 @@ impl Default for HubOptions {
     fn default() -> Self {
         HubOptions {
             queue_capacity: 4096,
+            queue_bytes: 16 << 20,
             max_batch: 512,
             sweep_interval: Duration::from_secs(60),
         }
@@ -100,6 +104,18 @@ pub struct Sink {
     tx: mpsc::Sender<Delivery>,
     reason: OnceLock<&'static str>,
     closed: CancellationToken,
+    /// Bytes of publications in the queue, and the most allowed.
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
+}
+
+/// What a publication counts against `limits.queue_bytes`: its payload
+/// plus a little for the frame around it.
+fn queued_cost(d: &Delivery) -> usize {
+    match d {
+        Delivery::Publication(p) => p.draft.data.len() + 64,
+        Delivery::Join(..) | Delivery::Leave(..) => 0,
+    }
 }
 
 impl Sink {
@@ -111,6 +127,20 @@ impl Sink {
     /// Fires when the hub closes this connection.
     pub fn closed(&self) -> &CancellationToken {
         &self.closed
+    }
+
+    /// Tells the sink these deliveries left its queue (the connection took
+    /// them), so their bytes no longer count against its limit.
+    pub fn dequeued(&self, batch: &[Delivery]) {
+        let bytes: usize = batch.iter().map(queued_cost).sum();
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts `cost` more queued bytes; false when that is over the limit
+    /// (one publication always fits an empty queue, however large).
+    fn reserve(&self, cost: usize) -> bool {
+        let before = self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        before == 0 || before + cost <= self.max_bytes
     }
 
     fn close(&self, reason: &'static str) {
@@ -211,7 +241,13 @@ impl Fanout {
                 if !s.filter.admits(p) {
                     return;
                 }
-                match s.sink.tx.try_send(Delivery::Publication(p.clone())) {
+                let delivery = Delivery::Publication(p.clone());
+                if !s.sink.reserve(queued_cost(&delivery)) {
+                    self.drops.fetch_add(1, Ordering::Relaxed);
+                    slow.push(s.sink.clone());
+                    return;
+                }
+                match s.sink.tx.try_send(delivery) {
                     Ok(()) => {
                         self.deliveries.fetch_add(1, Ordering::Relaxed);
                     }
@@ -492,6 +528,8 @@ impl Hub {
             tx,
             reason: OnceLock::new(),
             closed: CancellationToken::new(),
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes: self.options.queue_bytes,
         });
         (sink, rx)
     }

@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -109,7 +109,9 @@ impl Connection {
             Some(acceptor) => {
                 match tokio::time::timeout(self.header_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => self.http(stream).await,
-                    Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed")
+                    }
                     Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
                 }
             }
@@ -120,7 +122,10 @@ impl Connection {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Arc::new(AtomicU64::new(now_ms()));
+        let activity = Arc::new(Activity {
+            last_ms: AtomicU64::new(now_ms()),
+            spoke: AtomicBool::new(false),
+        });
         let (ticket, refusal) = match self.admitted {
             Ok(ticket) => (Some(ticket), None),
             Err(refusal) => (None, Some(refusal)),
@@ -145,15 +150,25 @@ impl Connection {
             .http
             .serve_connection_with_upgrades(TokioIo::new(io), service);
         let mut conn = std::pin::pin!(conn);
-        // A refused connection gets its answer, then little time to go.
-        let idle_timeout = match refusal {
-            Some(_) => self.header_timeout.min(Duration::from_secs(5)),
-            None => self.idle_timeout,
-        };
         let mut stopping = false;
         loop {
-            let last = Duration::from_millis(activity.load(Ordering::Relaxed));
-            let idle_deadline = epoch() + last + idle_timeout;
+            // Until the client's first byte (which the HTTP version
+            // detection waits for, untimed) it has header_timeout; a
+            // refused connection gets its answer, then little time to go.
+            let idle_timeout = if refusal.is_some() {
+                self.header_timeout.min(Duration::from_secs(5))
+            } else if !activity.spoke.load(Ordering::Relaxed) {
+                self.header_timeout.min(self.idle_timeout)
+            } else {
+                self.idle_timeout
+            };
+            let last_ms = activity.last_ms.load(Ordering::Relaxed);
+            let idle_deadline = epoch() + Duration::from_millis(last_ms) + idle_timeout;
+            if Instant::now() >= idle_deadline {
+                tracing::debug!(%peer, "closing an idle connection");
+                metrics::counter!("tidings_idle_closes_total").increment(1);
+                return;
+            }
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
@@ -165,13 +180,8 @@ impl Connection {
                     stopping = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = tokio::time::sleep_until(idle_deadline.into()) => {
-                    if now_ms() >= activity.load(Ordering::Relaxed) + idle_timeout.as_millis() as u64 {
-                        tracing::debug!(%peer, "closing an idle connection");
-                        metrics::counter!("tidings_idle_closes_total").increment(1);
-                        return;
-                    }
-                }
+                // Bytes may have moved meanwhile: the loop re-checks.
+                _ = tokio::time::sleep_until(idle_deadline.into()) => {}
             }
         }
     }
@@ -213,13 +223,19 @@ fn now_ms() -> u64 {
 /// (after a WebSocket upgrade too: the upgraded stream is this one).
 struct Tracked<IO> {
     inner: IO,
-    activity: Arc<AtomicU64>,
+    activity: Arc<Activity>,
     _ticket: Option<Ticket<IpAddr>>,
+}
+
+/// When bytes last moved, and whether the client has sent any yet.
+struct Activity {
+    last_ms: AtomicU64,
+    spoke: AtomicBool,
 }
 
 impl<IO> Tracked<IO> {
     fn touch(&self) {
-        self.activity.store(now_ms(), Ordering::Relaxed);
+        self.activity.last_ms.store(now_ms(), Ordering::Relaxed);
     }
 }
 
@@ -233,6 +249,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.touch();
+            self.activity.spoke.store(true, Ordering::Relaxed);
         }
         poll
     }

@@ -333,12 +333,16 @@ pub async fn serve(
     let webhooks = start_webhooks(&settings, &hub, queue, &node_name);
     let proxy = Arc::new(Proxy::new(settings.proxy.clone()));
     let shutdown = CancellationToken::new();
+    let api_rate = Arc::new(crate::limits::KeyedRateLimiter::new(
+        settings.limits.api_publish_rate,
+    ));
     let mercure = MercureState::new(
         hub.clone(),
         settings.mercure.clone(),
         shutdown.clone(),
         proxy.clone(),
         webhooks.clone(),
+        api_rate.clone(),
     )
     .map_err(ServerError::Setup)?;
     let node = Node::new(
@@ -347,6 +351,8 @@ pub async fn serve(
         node_name,
         proxy,
         webhooks.clone(),
+        settings.limits.clone(),
+        api_rate,
     )
     .map_err(ServerError::Setup)?;
     let live = node.clone();
@@ -395,10 +401,12 @@ pub async fn serve(
         streams.cancel();
         stop.cancel();
     });
-    let connections =
-        listener::serve(listener, tls, &settings.limits, app, stop_accepting).await;
+    let connections = listener::serve(listener, tls, &settings.limits, app, stop_accepting).await;
     let grace = settings.shutdown_grace;
-    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after the grace period; closing them");
     }
     // Upgraded connections (WebSocket) outlive the HTTP server: wait for

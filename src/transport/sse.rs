@@ -135,6 +135,7 @@ impl Stream for EventStream {
         {
             Poll::Ready(0) => this.finish("unsubscribed"),
             Poll::Ready(_) => {
+                this.subscription.sink.dequeued(&this.batch);
                 let mut out = BytesMut::new();
                 for d in this.batch.drain(..) {
                     // Anything at or before the snapshot came through replay.

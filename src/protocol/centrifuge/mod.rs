@@ -126,6 +126,8 @@ pub mod errors {
     pub const NOT_AVAILABLE: Code = (108, "not available");
     /// The token expired.
     pub const TOKEN_EXPIRED: Code = (109, "token expired");
+    /// A rate limit was reached (`limits.publish_rate`).
+    pub const TOO_MANY_REQUESTS: Code = (111, "too many requests");
     /// The position cannot be recovered.
     pub const UNRECOVERABLE_POSITION: Code = (112, "unrecoverable position");
 }
@@ -157,6 +159,8 @@ pub mod disconnect {
     pub const STALE: Code = (3502, "stale");
     /// Disconnected by the server; do not reconnect.
     pub const FORCE_NO_RECONNECT: Code = (3503, "force disconnect");
+    /// Too many connections for this user (`limits.max_connections_per_user`).
+    pub const CONNECTION_LIMIT: Code = (3504, "connection limit");
     /// Too many channels on one connection.
     pub const CHANNEL_LIMIT: Code = (3505, "channel limit");
     /// Permission denied.
