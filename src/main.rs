@@ -421,8 +421,9 @@ async fn main() -> Result<()> {
                     config::DEV_KEY
                 );
             }
+            let scheme = if s.tls.is_some() { "https" } else { "http" };
             tidings::server::serve(s, tidings::server::shutdown_signal(), |addr| {
-                println!("tidings listening on http://{addr}");
+                println!("tidings listening on {scheme}://{addr}");
             })
             .await?;
         }

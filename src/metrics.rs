@@ -64,6 +64,18 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 /// The `# HELP` lines.
 fn describe() {
     describe_gauge!(
+        "tidings_tcp_connections",
+        "Open TCP connections admitted by the listener (HTTP/1.1, HTTP/2 with all its streams, upgraded WebSockets)."
+    );
+    describe_counter!(
+        "tidings_limit_refusals_total",
+        "Connections, sessions and publications refused by a [limits] setting, by limit."
+    );
+    describe_counter!(
+        "tidings_idle_closes_total",
+        "Connections closed for silence (limits.idle_timeout, or no first byte within limits.header_timeout)."
+    );
+    describe_gauge!(
         "tidings_connections",
         "Open connections by protocol and transport."
     );

@@ -127,7 +127,10 @@ impl Connection {
             spoke: AtomicBool::new(false),
         });
         let (ticket, refusal) = match self.admitted {
-            Ok(ticket) => (Some(ticket), None),
+            Ok(ticket) => {
+                metrics::gauge!("tidings_tcp_connections").increment(1.0);
+                (Some(ticket), None)
+            }
             Err(refusal) => (None, Some(refusal)),
         };
         let io = Tracked {
@@ -231,6 +234,14 @@ struct Tracked<IO> {
 struct Activity {
     last_ms: AtomicU64,
     spoke: AtomicBool,
+}
+
+impl<IO> Drop for Tracked<IO> {
+    fn drop(&mut self) {
+        if self._ticket.is_some() {
+            metrics::gauge!("tidings_tcp_connections").decrement(1.0);
+        }
+    }
 }
 
 impl<IO> Tracked<IO> {

@@ -20,6 +20,8 @@ pub const ISSUER: &str = "https://issuer.test";
 pub struct Hub {
     child: Option<Child>,
     pub addr: String,
+    /// `http`, or `https` when the hub serves TLS.
+    pub scheme: &'static str,
     pub data_dir: tempfile::TempDir,
     args: Vec<String>,
 }
@@ -45,6 +47,7 @@ impl Hub {
         let mut hub = Hub {
             child: None,
             addr: String::new(),
+            scheme: "http",
             data_dir,
             args,
         };
@@ -73,17 +76,19 @@ impl Hub {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
-        let addr = line
+        let (scheme, addr) = line
             .trim()
-            .strip_prefix("tidings listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+            .strip_prefix("tidings listening on ")
+            .and_then(|url| url.split_once("://"))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        self.scheme = if scheme == "https" { "https" } else { "http" };
+        let addr = addr.to_owned();
         self.addr = addr;
         self.child = Some(child);
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
     }
 
     pub fn hub_url(&self) -> String {
@@ -92,9 +97,14 @@ impl Hub {
 
     /// Sends SIGTERM without waiting for the exit.
     pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends `signal` to the hub process.
+    pub fn signal(&self, signal: i32) {
         if let Some(child) = &self.child {
-            // SAFETY: sending SIGTERM to our own child process.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(child.id() as i32, signal) };
         }
     }
 
