@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn challenge(headers: &reqwest::header::HeaderMap) -> String {
     headers
@@ -221,4 +222,324 @@ async fn publishing_with_a_cookie_requires_a_matching_origin() {
     assert_eq!(send(None).await, 403, "no Origin or Referer");
     assert_eq!(send(Some("https://evil.example")).await, 403);
     assert_eq!(send(Some("https://app.example")).await, 200);
+}
+
+/// A WebSocket handshake on a raw TCP connection, so that the frames after
+/// it can be anything a broken or hostile client sends.
+async fn raw_websocket(hub: &Hub) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
+    tcp.write_all(
+        b"GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+          Sec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "handshake cut");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
+/// One client frame: `first` is FIN/RSV/opcode, `masked` as clients must.
+fn ws_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut f = vec![first];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(mask_bit | n as u8),
+        n if n <= 0xffff => {
+            f.push(mask_bit | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(mask_bit | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let key = [0x11, 0x22, 0x33, 0x44];
+    if masked {
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
+/// The close code the server sends (None: the connection ended without a
+/// close frame), within 5 s.
+async fn server_close_code(tcp: &mut tokio::net::TcpStream) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        // Server frames are unmasked: [fin+op][len][payload...] (short ones).
+        while buf.len() >= 2 {
+            let op = buf[0] & 0x0f;
+            let len = (buf[1] & 0x7f) as usize;
+            let (start, len) = match len {
+                126 if buf.len() >= 4 => (4, u16::from_be_bytes([buf[2], buf[3]]) as usize),
+                126 => break,
+                127 => panic!("unexpected huge server frame"),
+                n => (2, n),
+            };
+            if buf.len() < start + len {
+                break;
+            }
+            if op == 0x8 {
+                return (len >= 2).then(|| u16::from_be_bytes([buf[start], buf[start + 1]]));
+            }
+            buf.drain(..start + len);
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("the server neither closed nor answered"),
+        }
+    }
+}
+
+/// Hostile WebSocket frames, handshakes and tokens while publications flow:
+/// each gets its close code or HTTP error, and the bystanders on both
+/// protocols receive every publication, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_and_tokens_lose_no_publication() {
+    use tokio::io::AsyncWriteExt;
+    const SECRET: &str = "bad-input-secret";
+    const N: usize = 150;
+    let hub = centrifugo_hub(SECRET, "bad-input-api-key", &[]);
+    let mut sse = open(&hub, "match=steady", &[]).await;
+    let mut ws = {
+        let token = tidings::auth::jwt::mint(
+            &json!({"sub": "bystander"}),
+            SECRET,
+            jsonwebtoken::Algorithm::HS256,
+            false,
+        )
+        .unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async(
+            hub.url("/connection/websocket").replace("http", "ws"),
+        )
+        .await
+        .unwrap();
+        use futures::SinkExt;
+        let frame = [
+            json!({"id": 1, "connect": {"token": token}}),
+            json!({"id": 2, "subscribe": {"channel": "steady"}}),
+        ]
+        .map(|v| v.to_string())
+        .join("\n");
+        ws.send(tokio_tungstenite::tungstenite::Message::text(frame))
+            .await
+            .unwrap();
+        ws
+    };
+    // Publications flow throughout.
+    let publishing = {
+        let (url, token) = (hub.hub_url(), publisher(&hub));
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for i in 0..N {
+                let res = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .form(&[("topic", "steady"), ("data", &format!("p{i}"))])
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    // Frames a conforming server must refuse (RFC 6455 §5), with the code.
+    let text = |first: u8| ws_frame(first, b"{}", true);
+    let frames: Vec<(&str, Vec<u8>, Option<u16>)> = vec![
+        (
+            "reserved bit RSV1 without an extension",
+            text(0x80 | 0x40 | 0x1),
+            Some(1002),
+        ),
+        (
+            "reserved bits RSV2+RSV3",
+            text(0x80 | 0x30 | 0x1),
+            Some(1002),
+        ),
+        ("unknown data opcode 0x3", text(0x80 | 0x3), Some(1002)),
+        ("unknown control opcode 0xB", text(0x80 | 0xB), Some(1002)),
+        (
+            "fragmented ping (FIN=0)",
+            ws_frame(0x9, b"p", true),
+            Some(1002),
+        ),
+        (
+            "control frame over 125 bytes",
+            ws_frame(0x89, &[b'p'; 126], true),
+            Some(1002),
+        ),
+        (
+            "unmasked client frame",
+            ws_frame(0x81, b"{}", false),
+            Some(1002),
+        ),
+        (
+            "continuation without a start",
+            ws_frame(0x80, b"{}", true),
+            Some(1002),
+        ),
+        (
+            "invalid UTF-8 in a text frame",
+            ws_frame(0x81, &[0xc3, 0x28], true),
+            Some(1007),
+        ),
+        (
+            "text frame split inside a UTF-8 sequence, then invalid",
+            {
+                let mut f = ws_frame(0x01, &[0xe2, 0x82], true);
+                f.extend(ws_frame(0x80, &[0x28], true));
+                f
+            },
+            Some(1007),
+        ),
+    ];
+    for (what, bytes, expected) in frames {
+        let mut tcp = raw_websocket(&hub).await;
+        tcp.write_all(&bytes).await.unwrap();
+        assert_eq!(server_close_code(&mut tcp).await, expected, "{what}");
+    }
+    // A frame announcing 2^62 bytes: refused before anything is buffered.
+    let mut tcp = raw_websocket(&hub).await;
+    let mut huge = vec![0x81, 0x80 | 127];
+    huge.extend_from_slice(&(1u64 << 62).to_be_bytes());
+    huge.extend_from_slice(&[1, 2, 3, 4]);
+    tcp.write_all(&huge).await.unwrap();
+    assert_eq!(server_close_code(&mut tcp).await, Some(1009), "huge length");
+    // A truncated frame, then the client goes away: the session just ends.
+    let mut tcp = raw_websocket(&hub).await;
+    let mut cut = ws_frame(0x81, &[b'x'; 1000], true);
+    cut.truncate(40);
+    tcp.write_all(&cut).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    assert!(server_close_code(&mut tcp).await.is_none_or(|c| c == 1002));
+    // Not a handshake at all.
+    let mut tcp = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
+    tcp.write_all(b"\x16\x03\x01\x00\x05hello\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    use tokio::io::AsyncReadExt;
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut answer)).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+    // A cross-origin handshake (CSWSH) is refused with 403.
+    let mut req = hub
+        .url("/connection/websocket")
+        .replace("http", "ws")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 403),
+        other => panic!("cross-origin handshake: {:?}", other.map(|_| ())),
+    }
+
+    // Tokens: `alg: none`, the wrong key, expired, not yet valid.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let unsigned = {
+        use base64::Engine;
+        let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        format!(
+            "{}.{}.",
+            b64(json!({"alg": "none", "typ": "JWT"})),
+            b64(json!({"sub": "mallory"}))
+        )
+    };
+    let signed = |claims: Value, key: &str| {
+        tidings::auth::jwt::mint(&claims, key, jsonwebtoken::Algorithm::HS256, false).unwrap()
+    };
+    let centrifugo_tokens = [
+        ("alg none", unsigned.clone(), 3500),
+        (
+            "wrong key",
+            signed(json!({"sub": "m"}), "not-the-secret"),
+            3500,
+        ),
+        (
+            "not yet valid",
+            signed(json!({"sub": "m", "nbf": now + 600}), SECRET),
+            3500,
+        ),
+    ];
+    for (what, token, code) in centrifugo_tokens {
+        let mut tcp = raw_websocket(&hub).await;
+        let connect = json!({"id": 1, "connect": {"token": token}}).to_string();
+        tcp.write_all(&ws_frame(0x81, connect.as_bytes(), true))
+            .await
+            .unwrap();
+        assert_eq!(server_close_code(&mut tcp).await, Some(code), "{what}");
+    }
+    let mercure_unsigned = {
+        use base64::Engine;
+        let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let mut c = claims(&hub, json!([detail(&["publish"], &["*"])]), 60);
+        c["sub"] = json!("mallory");
+        format!(
+            "{}.{}.",
+            b64(json!({"alg": "none", "typ": "at+jwt"})),
+            b64(c)
+        )
+    };
+    let mut early = claims(&hub, json!([detail(&["publish"], &["*"])]), 600);
+    early["nbf"] = json!(now + 300);
+    let early =
+        tidings::auth::jwt::mint(&early, KEY, jsonwebtoken::Algorithm::HS256, true).unwrap();
+    for (what, token) in [("alg none", mercure_unsigned), ("not yet valid", early)] {
+        let (status, headers, _) = post(&hub, Some(&token), "topic=steady&data=forged").await;
+        assert_eq!(status, 401, "{what}");
+        assert!(challenge(&headers).contains("invalid_token"), "{what}");
+    }
+
+    // Every publication reached both bystanders, once, in order.
+    publishing.await.unwrap();
+    for i in 0..N {
+        assert_eq!(sse.next().await.data, format!("p{i}"), "SSE bystander");
+    }
+    let mut got = Vec::new();
+    while got.len() < N {
+        use futures::StreamExt;
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("WS bystander starved")
+            .unwrap()
+            .unwrap();
+        for line in msg.to_text().unwrap_or_default().lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            if let Some(data) = v["push"]["pub"]["data"].as_str() {
+                got.push(data.to_owned());
+            }
+        }
+    }
+    let expected: Vec<String> = (0..N).map(|i| format!("p{i}")).collect();
+    assert_eq!(got, expected, "WS bystander");
+    assert!(
+        sse.drain(Duration::from_millis(200)).await.is_empty(),
+        "forged publication"
+    );
 }
