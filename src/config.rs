@@ -1131,11 +1131,11 @@ impl Config {
             cluster: crate::engine::EngineOptions {
                 prefix: prefix.clone(),
                 log_size: positive("cluster.log_size", self.cluster.log_size)?,
-                retention: self.retention_policy()?,
+                retention: self.retention_policy(hub_url.path())?,
                 presence_ttl: duration("cluster.presence_ttl", &self.cluster.presence_ttl)?
                     .max(Duration::from_secs(1)),
             },
-            retention: self.retention_policy()?,
+            retention: self.retention_policy(hub_url.path())?,
             sweep_interval: duration("history.sweep_interval", &self.history.sweep_interval)?
                 .max(Duration::from_millis(100)),
             hub: crate::hub::HubOptions {
@@ -1311,7 +1311,10 @@ impl Config {
         })
     }
 
-    fn retention_policy(&self) -> Result<crate::history::RetentionPolicy, ConfigError> {
+    fn retention_policy(
+        &self,
+        hub_path: &str,
+    ) -> Result<crate::history::RetentionPolicy, ConfigError> {
         let default = crate::history::Retention {
             size: positive("history.size", self.history.size)?,
             ttl: duration("history.ttl", &self.history.ttl)?,
@@ -1337,6 +1340,7 @@ impl Config {
                 .namespaces
                 .insert(ns.name.clone(), with(ns, default)?);
         }
+        policy.ephemeral_prefix = Some(format!("{hub_path}/subscriptions/"));
         Ok(policy)
     }
 

@@ -36,5 +36,8 @@ fuzz_target!(|input: Input<'_>| {
     assert_eq!(e.data, data);
     assert_eq!(e.id.as_deref(), Some(one_line(input.id).as_str()));
     let event_type = input.event_type.map(one_line).filter(|t| !t.is_empty());
-    assert_eq!(e.event.as_deref().filter(|t| !t.is_empty()), event_type.as_deref());
+    assert_eq!(
+        e.event.as_deref().filter(|t| !t.is_empty()),
+        event_type.as_deref()
+    );
 });

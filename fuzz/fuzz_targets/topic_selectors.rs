@@ -18,8 +18,8 @@ fuzz_target!(|input: Input<'_>| {
     let base = url::Url::parse("https://hub.example/.well-known/mercure").unwrap();
     let kind = match input.kind % 3 {
         0 => MatcherType::Exact,
-        1 => MatcherType::UriTemplate,
-        _ => MatcherType::UrlPattern,
+        1 => MatcherType::Legacy,
+        _ => MatcherType::Urlpattern,
     };
     if let Ok(m) = TopicMatcher::new(kind, input.selector, &base) {
         let _ = m.matches(input.topic);

@@ -61,7 +61,20 @@ pub struct RetentionPolicy {
     pub default: Retention,
     /// Retention by namespace name.
     pub namespaces: std::collections::HashMap<String, Retention>,
+    /// Channels under this prefix (Mercure subscription events: one
+    /// channel per subscriber, two publications each) are kept for
+    /// [`EPHEMERAL`] only, so connection churn cannot grow history.
+    pub ephemeral_prefix: Option<String>,
 }
+
+/// Retention of ephemeral channels: long enough for a subscriber of
+/// subscription events to reconnect and catch up, short enough that a
+/// million connections leave nothing behind a minute later.
+pub const EPHEMERAL: Retention = Retention {
+    size: 16,
+    ttl: Duration::from_secs(60),
+    meta_ttl: Duration::from_secs(60),
+};
 
 impl RetentionPolicy {
     /// One retention for every channel.
@@ -69,11 +82,19 @@ impl RetentionPolicy {
         RetentionPolicy {
             default: retention,
             namespaces: Default::default(),
+            ephemeral_prefix: None,
         }
     }
 
     /// The retention of `channel`.
     pub fn for_channel(&self, channel: &str) -> Retention {
+        if self
+            .ephemeral_prefix
+            .as_deref()
+            .is_some_and(|p| channel.starts_with(p))
+        {
+            return EPHEMERAL;
+        }
         channel
             .split_once(':')
             .and_then(|(ns, _)| self.namespaces.get(ns))

@@ -100,6 +100,11 @@ impl Hub {
         self.signal(libc::SIGTERM);
     }
 
+    /// The hub's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or_default()
+    }
+
     /// Sends `signal` to the hub process.
     pub fn signal(&self, signal: i32) {
         if let Some(child) = &self.child {

@@ -218,7 +218,12 @@ pub fn parse_subscribe(
         .map(|p| (true, p))
         .chain(body.into_iter().map(|p| (false, p)))
     {
-        let kind = if name.len() >= 5 && name[..5].eq_ignore_ascii_case("match") {
+        // `get`, not slicing: the name is client text, byte 5 may be inside
+        // a character (found by the mercure_subscribe fuzz target).
+        let kind = if name
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("match"))
+        {
             Some(matcher_type_of(&name)?)
         } else if legacy && name == "topic" {
             Some(MatcherType::Legacy)
@@ -292,6 +297,15 @@ mod tests {
 
     fn hub() -> Url {
         Url::parse("https://hub.example.com/.well-known/mercure").unwrap()
+    }
+
+    #[test]
+    fn parameter_names_with_multibyte_characters_are_refused_not_sliced() {
+        for name in ["   c\u{640}", "matc\u{e9}", "\u{1F600}x"] {
+            let query = vec![(name.to_owned(), "x".to_owned())];
+            let r = parse_subscribe(query, Vec::new(), &hub(), false, &Limits::default());
+            assert!(r.is_err(), "{name:?}");
+        }
     }
 
     fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {

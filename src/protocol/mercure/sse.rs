@@ -31,8 +31,12 @@ pub fn encode(event: &Event<'_>) -> Bytes {
     if let Some(r) = event.retry {
         put_field(&mut out, "retry", &r.to_string());
     }
+    // Data lines hold no CR or LF once split; anything else (NUL included)
+    // is the payload and goes through untouched.
     for line in split_lines(event.data) {
-        put_field(&mut out, "data", line);
+        out.put_slice(b"data: ");
+        out.put_slice(line.as_bytes());
+        out.put_u8(b'\n');
     }
     out.put_u8(b'\n');
     out.freeze()
