@@ -58,6 +58,14 @@ pub async fn send(ws: &mut Ws, frame: &str) {
 
 /// The next text frame's messages, skipping pings (`{}`).
 pub async fn recv(ws: &mut Ws) -> Vec<Value> {
+    recv_on(ws).await
+}
+
+/// [`recv`] on a WebSocket over any stream (TLS, HTTP/2).
+pub async fn recv_on<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Vec<Value>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
             .await
