@@ -88,7 +88,8 @@ impl Refusal {
         }
     }
 
-    fn count(self) {
+    /// Counts this refusal in `tidings_limit_refusals_total`.
+    pub fn count(self) {
         metrics::counter!("tidings_limit_refusals_total", "limit" => self.label()).increment(1);
     }
 }

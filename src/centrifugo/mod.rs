@@ -13,7 +13,6 @@
 pub mod connection;
 pub mod session;
 
-use crate::limits::{KeyedRateLimiter, LimitSettings, Refusal};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,6 +25,7 @@ use crate::config::CentrifugoSettings;
 use crate::hub::Hub;
 use crate::integration::proxy::Proxy;
 use crate::integration::webhooks::Webhooks;
+use crate::limits::{KeyedRateLimiter, LimitSettings, Refusal};
 use crate::protocol::centrifuge::outbox::Framing;
 
 /// The transports a Centrifugo client connects over.
@@ -259,8 +259,7 @@ impl Node {
         let mut users = self.users.lock();
         if let Some(max) = self.limits.max_connections_per_user {
             if !user.is_empty() && users.get(user).is_some_and(|c| c.len() >= max) {
-                metrics::counter!("tidings_limit_refusals_total", "limit" => Refusal::ConnectionsPerUser.label())
-                    .increment(1);
+                Refusal::ConnectionsPerUser.count();
                 return false;
             }
         }

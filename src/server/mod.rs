@@ -1,5 +1,6 @@
 //! The HTTP server: builds the hub from settings, routes requests, and shuts
-//! down gracefully.
+//! down gracefully. [`listener`] accepts connections (TLS, HTTP versions,
+//! timeouts, admission); [`tls`] holds the reloadable certificate.
 //!
 //! Shutdown order matters for "nothing acknowledged is lost": stop
 //! accepting, end every event stream (clients reconnect elsewhere or later
