@@ -85,6 +85,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("cluster.log_size", Kind::Int),
     ("cluster.presence_ttl", Kind::Str),
     ("hub.queue_size", Kind::Int),
+    ("hub.write_interval", Kind::Str),
     ("hub.max_batch", Kind::Int),
     ("mercure.hub_url", Kind::Str),
     ("mercure.issuer", Kind::Str),
@@ -460,6 +461,8 @@ pub struct HubConfig {
     pub queue_size: usize,
     /// Most publications per history commit.
     pub max_batch: usize,
+    /// Shortest time between two writes of publications to a connection.
+    pub write_interval: String,
 }
 
 impl Default for HubConfig {
@@ -467,6 +470,7 @@ impl Default for HubConfig {
         HubConfig {
             queue_size: 4096,
             max_batch: 512,
+            write_interval: "0s".into(),
         }
     }
 }
@@ -1142,6 +1146,7 @@ impl Config {
                 queue_capacity: positive("hub.queue_size", self.hub.queue_size)?,
                 queue_bytes,
                 max_batch: positive("hub.max_batch", self.hub.max_batch)?,
+                write_interval: duration("hub.write_interval", &self.hub.write_interval)?,
                 sweep_interval: duration("history.sweep_interval", &self.history.sweep_interval)?
                     .max(Duration::from_millis(100)),
             },

@@ -9,13 +9,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::grants::DETAIL_TYPE;
 use crate::auth::{AuthError, Grants, Role, Verifier};
@@ -28,6 +27,7 @@ use crate::protocol::mercure::matcher::{MatcherType, TopicMatcher};
 use crate::protocol::mercure::request::{self, RequestError};
 use crate::protocol::mercure::subscription::{self, SubscriptionDoc};
 use crate::protocol::mercure::{form, EARLIEST, RESERVED_EVENT_TYPE};
+use crate::transport::live::LiveBody;
 use crate::transport::sse::{EventStream, StreamOptions};
 
 /// Legacy cookie name of pre-standardization hubs.
@@ -51,7 +51,6 @@ pub struct MercureState {
     verifier: Verifier,
     settings: MercureSettings,
     active: Mutex<HashMap<String, Vec<Active>>>,
-    shutdown: CancellationToken,
     api_rate: Arc<KeyedRateLimiter>,
 }
 
@@ -60,7 +59,6 @@ impl MercureState {
     pub fn new(
         hub: Arc<Hub>,
         settings: MercureSettings,
-        shutdown: CancellationToken,
         proxy: Arc<Proxy>,
         webhooks: Arc<Webhooks>,
         api_rate: Arc<KeyedRateLimiter>,
@@ -82,7 +80,6 @@ impl MercureState {
             verifier,
             settings,
             active: Mutex::new(HashMap::new()),
-            shutdown,
             api_rate,
         }))
     }
@@ -394,11 +391,11 @@ async fn subscribe_inner(
             heartbeat: s.heartbeat,
             retry: s.sse_retry,
             deadline,
-            shutdown: state.shutdown.clone(),
+            write_interval: state.hub.options().write_interval,
         },
         guard,
     );
-    let mut res = Response::new(Body::from_stream(stream));
+    let mut res = LiveBody::response(stream);
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -5,27 +5,31 @@
 //! connect request of a unidirectional client), where batches of output
 //! go, and how the connection ends. Everything else is the same for all
 //! transports and lives here: the handshake timeout, pings and pongs, token
-//! expiry, hub deliveries written in batches, server controls, slow-consumer
-//! and shutdown disconnects.
+//! expiry, hub deliveries written in batches (at most one write per
+//! `hub.write_interval`), server controls, slow-consumer and shutdown
+//! disconnects.
+//!
+//! The loop waits on the wire, the hub queue, the control channel and one
+//! timer (the earliest of its deadlines), all polled in place: waiting
+//! again after a delivery creates no future and touches no timer unless a
+//! deadline moved.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::time::{sleep_until, Instant};
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::session::{Disconnect, Session};
-use super::{Node, Transport};
+use super::{Control, Node, Transport};
 use crate::hub::{ENGINE_RESET, SHUTTING_DOWN};
 use crate::protocol::centrifuge::outbox::Outbox;
 use crate::protocol::centrifuge::resume::ChannelPosition;
 use crate::protocol::centrifuge::{disconnect, Encoding};
-
-/// Most queued deliveries written in one batch.
-const BATCH: usize = 256;
 
 /// What the client sent.
 #[derive(Debug)]
@@ -40,8 +44,8 @@ pub enum Inbound {
 
 /// A transport's side of a connection.
 pub trait Wire: Send {
-    /// The client's next frame.
-    fn recv(&mut self) -> impl Future<Output = Inbound> + Send;
+    /// Polls for the client's next frame.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Inbound>;
     /// Writes one batch of output; false when the client is gone.
     fn send(&mut self, batch: Bytes) -> impl Future<Output = bool> + Send;
     /// Ends the connection. WebSocket sends a close frame with the code;
@@ -67,8 +71,8 @@ pub struct Start {
     pub headers: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
 }
 
-/// Runs a connection until it ends.
-pub async fn run<W: Wire>(wire: W, node: Arc<Node>, shutdown: CancellationToken, start: Start) {
+/// Runs a connection until it ends (the hub closes its queue on shutdown).
+pub async fn run<W: Wire>(wire: W, node: Arc<Node>, start: Start) {
     let span = tracing::info_span!(
         "connection",
         transport = start.transport.name(),
@@ -76,22 +80,32 @@ pub async fn run<W: Wire>(wire: W, node: Arc<Node>, shutdown: CancellationToken,
         client = tracing::field::Empty,
         user = tracing::field::Empty,
     );
-    drive(wire, node, shutdown, start, span.clone())
+    drive(wire, node, start, span.clone())
         .instrument(span)
         .await
 }
 
-async fn drive<W: Wire>(
-    mut wire: W,
-    node: Arc<Node>,
-    shutdown: CancellationToken,
-    start: Start,
-    span: tracing::Span,
-) {
+/// What woke the loop.
+enum Event {
+    Inbound(Inbound),
+    Deliveries(Result<(), &'static str>),
+    Control(Control),
+    Timer,
+}
+
+/// The loop's deadlines; the timer is set to the earliest that applies.
+struct Deadlines {
+    handshake: Instant,
+    next_ping: Instant,
+    pong: Option<Instant>,
+    /// No delivery write before this (the write interval after the last).
+    hold: Option<Instant>,
+}
+
+async fn drive<W: Wire>(mut wire: W, node: Arc<Node>, start: Start, span: tracing::Span) {
     let transport = start.transport;
     let _open = crate::metrics::connection_opened("centrifugo", transport.name());
-    let (sink, mut deliveries) = node.hub.open_queue();
-    let kicked = sink.closed().clone();
+    let sink = node.hub.open_queue();
     let (mut session, mut controls) = Session::new(
         node.clone(),
         transport,
@@ -103,65 +117,71 @@ async fn drive<W: Wire>(
     span.record("client", session.client());
     session.resume_from(start.resume_from);
     let settings = &node.settings;
-    let far = || Instant::now() + Duration::from_secs(365 * 24 * 3600);
-    let handshake_deadline = Instant::now() + settings.handshake_timeout;
-    let mut next_ping = Instant::now() + settings.ping_interval;
-    let mut pong_deadline: Option<Instant> = None;
-    let mut batch = Vec::with_capacity(BATCH);
+    let write_interval = node.hub.options().write_interval;
+    let began = Instant::now();
+    let far = began + Duration::from_secs(365 * 24 * 3600);
+    let mut deadlines = Deadlines {
+        handshake: began + settings.handshake_timeout,
+        next_ping: began + settings.ping_interval,
+        pong: None,
+        hold: None,
+    };
+    let mut timer = pin!(tokio::time::sleep_until(far));
+    let mut timer_at = far;
+    let mut batch = Vec::new();
     let mut out = Outbox::new(start.encoding, transport.framing());
     let mut first_frame = start.first_frame;
     let result: Result<(), Disconnect> = loop {
-        let expiry = session
-            .expires_at()
-            .map(|exp| Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs())))
-            .unwrap_or_else(far);
-        let sub_refresh = session
-            .next_sub_refresh()
-            .map(|at| Instant::now() + Duration::from_secs(at.saturating_sub(now_secs())))
-            .unwrap_or_else(far);
         let was_connected = session.is_connected();
+        let mut delivered = false;
         let step: Result<(), Disconnect> = if let Some(frame) = first_frame.take() {
-            session.handle_frame(&frame, &mut out).await
+            Box::pin(session.handle_frame(&frame, &mut out)).await
         } else {
-            tokio::select! {
-                inbound = wire.recv() => match inbound {
-                    Inbound::Frame(frame) => session.handle_frame(&frame, &mut out).await,
-                    Inbound::Gone => break Ok(()),
-                    Inbound::Broken(code, reason) => Err((code, reason.to_owned())),
-                },
-                n = deliveries.recv_many(&mut batch, BATCH) => {
-                    if n == 0 { break Ok(()) }
-                    sink.dequeued(&batch);
+            let at = next_deadline(&session, &deadlines, far);
+            if at != timer_at {
+                timer.as_mut().reset(at);
+                timer_at = at;
+            }
+            let holding = deadlines.hold.is_some();
+            let event = poll_fn(|cx| {
+                if let Poll::Ready(inbound) = wire.poll_recv(cx) {
+                    return Poll::Ready(Event::Inbound(inbound));
+                }
+                if !holding {
+                    if let Poll::Ready(taken) = sink.poll_take(cx, &mut batch) {
+                        return Poll::Ready(Event::Deliveries(taken));
+                    }
+                }
+                if let Poll::Ready(Some(control)) = controls.poll_recv(cx) {
+                    return Poll::Ready(Event::Control(control));
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Event::Timer),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            match event {
+                Event::Inbound(Inbound::Frame(frame)) => {
+                    Box::pin(session.handle_frame(&frame, &mut out)).await
+                }
+                Event::Inbound(Inbound::Gone) => break Ok(()),
+                Event::Inbound(Inbound::Broken(code, reason)) => Err((code, reason.to_owned())),
+                Event::Deliveries(Ok(())) => {
                     for d in batch.drain(..) {
                         session.push(d, &mut out);
                     }
+                    delivered = true;
                     Ok(())
                 }
-                Some(control) = controls.recv() => session.control(control, &mut out).await,
-                _ = kicked.cancelled() => Err(to_disconnect(match sink.close_reason() {
-                    Some(r) if r == SHUTTING_DOWN => disconnect::SHUTDOWN,
-                    Some(r) if r == ENGINE_RESET => disconnect::INSUFFICIENT_STATE,
+                Event::Deliveries(Err(reason)) => Err(to_disconnect(match reason {
+                    r if r == SHUTTING_DOWN => disconnect::SHUTDOWN,
+                    r if r == ENGINE_RESET => disconnect::INSUFFICIENT_STATE,
                     _ => disconnect::SLOW,
                 })),
-                _ = shutdown.cancelled() => Err(to_disconnect(disconnect::SHUTDOWN)),
-                _ = sleep_until(handshake_deadline), if !session.is_connected() => Err(to_disconnect(disconnect::STALE)),
-                _ = sleep_until(next_ping), if session.is_connected() => {
-                    session.ping(&mut out);
-                    next_ping = Instant::now() + settings.ping_interval;
-                    if !transport.unidirectional() {
-                        pong_deadline = Some(Instant::now() + settings.pong_timeout);
-                    }
-                    Ok(())
-                }
-                _ = sleep_until(pong_deadline.unwrap_or_else(far)), if pong_deadline.is_some() => {
-                    if session.got_pong { pong_deadline = None; Ok(()) } else { Err(to_disconnect(disconnect::NO_PONG)) }
-                }
-                _ = sleep_until(expiry), if session.expires_at().is_some() => {
-                    if session.expires_at().is_some_and(|e| e <= now_secs()) { session.expired().await } else { Ok(()) }
-                }
-                _ = sleep_until(sub_refresh), if session.next_sub_refresh().is_some() => {
-                    session.refresh_subscriptions(&mut out).await;
-                    Ok(())
+                Event::Control(control) => Box::pin(session.control(control, &mut out)).await,
+                Event::Timer => {
+                    on_timer(&mut session, &mut deadlines, &node, transport, &mut out).await
                 }
             }
         };
@@ -170,29 +190,100 @@ async fn drive<W: Wire>(
             tracing::debug!("connected");
         }
         if session.got_pong {
-            pong_deadline = None;
+            deadlines.pong = None;
         }
         if let Err((code, reason)) = &step {
             if transport.disconnect_in_band() {
                 session.write_disconnect(*code, reason, &mut out);
             }
         }
-        if !out.is_empty() && !wire.send(out.take()).await {
-            break Ok(());
+        if !out.is_empty() {
+            if !wire.send(out.take()).await {
+                break Ok(());
+            }
+            if delivered && !write_interval.is_zero() {
+                deadlines.hold = Some(Instant::now() + write_interval);
+            }
         }
         if let Err(d) = step {
             break Err(d);
         }
     };
-    session.ended(result.as_ref().err());
-    match result {
+    // The close frame goes out before the session counts as ended: a
+    // shutdown waits for sessions to end, then the process exits.
+    match &result {
         Ok(()) => tracing::debug!("client went away"),
         Err((code, reason)) => {
             tracing::debug!(code, %reason, "disconnecting");
-            crate::metrics::disconnect(transport.name(), code, &reason);
-            wire.close(code, &reason).await;
+            crate::metrics::disconnect(transport.name(), *code, reason);
+            wire.close(*code, reason).await;
         }
     }
+    session.ended(result.as_ref().err());
+}
+
+/// The earliest deadline that applies now.
+fn next_deadline(session: &Session, d: &Deadlines, far: Instant) -> Instant {
+    let connected = session.is_connected();
+    let from_secs = |at: u64| {
+        let now = now_secs();
+        Instant::now() + Duration::from_secs(at.saturating_sub(now))
+    };
+    [
+        (!connected).then_some(d.handshake),
+        connected.then_some(d.next_ping),
+        d.pong,
+        d.hold,
+        session.expires_at().map(from_secs),
+        session.next_sub_refresh().map(from_secs),
+    ]
+    .into_iter()
+    .flatten()
+    .fold(far, Instant::min)
+}
+
+/// Acts on every deadline that has passed.
+async fn on_timer(
+    session: &mut Session,
+    d: &mut Deadlines,
+    node: &Node,
+    transport: Transport,
+    out: &mut Outbox,
+) -> Result<(), Disconnect> {
+    let now = Instant::now();
+    let settings = &node.settings;
+    if d.hold.is_some_and(|h| now >= h) {
+        d.hold = None;
+    }
+    if !session.is_connected() {
+        if now >= d.handshake {
+            return Err(to_disconnect(disconnect::STALE));
+        }
+        return Ok(());
+    }
+    if d.pong.is_some_and(|p| now >= p) {
+        if !session.got_pong {
+            return Err(to_disconnect(disconnect::NO_PONG));
+        }
+        d.pong = None;
+    }
+    if now >= d.next_ping {
+        session.ping(out);
+        d.next_ping = now + settings.ping_interval;
+        if !transport.unidirectional() {
+            d.pong = Some(now + settings.pong_timeout);
+        }
+    }
+    if session.expires_at().is_some_and(|e| e <= now_secs()) {
+        Box::pin(session.expired()).await?;
+    }
+    if session
+        .next_sub_refresh()
+        .is_some_and(|at| at <= now_secs())
+    {
+        Box::pin(session.refresh_subscriptions(out)).await;
+    }
+    Ok(())
 }
 
 fn to_disconnect(code: disconnect::Code) -> Disconnect {

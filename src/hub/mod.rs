@@ -16,16 +16,16 @@
 
 pub mod presence;
 pub mod publication;
+pub mod sink;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::centrifugo::Control;
 use crate::engine::{Broker, ClusterEvent, Engine, Envelope, Feed};
@@ -33,6 +33,7 @@ use crate::history::History;
 use crate::protocol::mercure::matcher::TopicMatcher;
 pub use presence::{ClientInfo, Presence};
 pub use publication::{Draft, Publication};
+pub use sink::{Offer, Sink};
 
 /// Close reason for a subscriber whose queue overflowed.
 pub const SLOW_CONSUMER: &str = "slow consumer: the delivery queue is full";
@@ -72,6 +73,11 @@ pub struct HubOptions {
     pub max_batch: usize,
     /// How often expired history is reclaimed.
     pub sweep_interval: Duration,
+    /// Shortest time between two writes of publications to one connection
+    /// (zero: write as soon as they arrive). Publications arriving sooner
+    /// wait and go out together: fewer system calls and packets per
+    /// publication on busy connections, at most this much added latency.
+    pub write_interval: Duration,
 }
 
 impl Default for HubOptions {
@@ -81,6 +87,7 @@ impl Default for HubOptions {
             queue_bytes: 16 << 20,
             max_batch: 512,
             sweep_interval: Duration::from_secs(60),
+            write_interval: Duration::ZERO,
         }
     }
 }
@@ -94,59 +101,6 @@ pub enum Delivery {
     Join(Arc<str>, Arc<ClientInfo>),
     /// A client left a channel.
     Leave(Arc<str>, Arc<ClientInfo>),
-}
-
-/// The sending half of one connection's bounded queue, shared by all of the
-/// connection's subscriptions. When the queue overflows the hub closes the
-/// whole connection: `closed` fires and `close_reason` says why.
-pub struct Sink {
-    id: u64,
-    tx: mpsc::Sender<Delivery>,
-    reason: OnceLock<&'static str>,
-    closed: CancellationToken,
-    /// Bytes of publications in the queue, and the most allowed.
-    queued_bytes: AtomicUsize,
-    max_bytes: usize,
-}
-
-/// What a publication counts against `limits.queue_bytes`: its payload
-/// plus a little for the frame around it.
-fn queued_cost(d: &Delivery) -> usize {
-    match d {
-        Delivery::Publication(p) => p.draft.data.len() + 64,
-        Delivery::Join(..) | Delivery::Leave(..) => 0,
-    }
-}
-
-impl Sink {
-    /// Why the hub closed this connection, if it did.
-    pub fn close_reason(&self) -> Option<&'static str> {
-        self.reason.get().copied()
-    }
-
-    /// Fires when the hub closes this connection.
-    pub fn closed(&self) -> &CancellationToken {
-        &self.closed
-    }
-
-    /// Tells the sink these deliveries left its queue (the connection took
-    /// them), so their bytes no longer count against its limit.
-    pub fn dequeued(&self, batch: &[Delivery]) {
-        let bytes: usize = batch.iter().map(queued_cost).sum();
-        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-    }
-
-    /// Counts `cost` more queued bytes; false when that is over the limit
-    /// (one publication always fits an empty queue, however large).
-    fn reserve(&self, cost: usize) -> bool {
-        let before = self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
-        before == 0 || before + cost <= self.max_bytes
-    }
-
-    fn close(&self, reason: &'static str) {
-        let _ = self.reason.set(reason);
-        self.closed.cancel();
-    }
 }
 
 struct Subscriber {
@@ -234,28 +188,17 @@ impl Fanout {
     }
 
     fn deliver(&self, p: &Arc<Publication>) {
-        let mut slow = Vec::new();
+        let (mut queued, mut overflowed) = (0, 0);
         {
             let index = self.index.read();
             let mut offer = |s: &Arc<Subscriber>| {
                 if !s.filter.admits(p) {
                     return;
                 }
-                let delivery = Delivery::Publication(p.clone());
-                if !s.sink.reserve(queued_cost(&delivery)) {
-                    self.drops.fetch_add(1, Ordering::Relaxed);
-                    slow.push(s.sink.clone());
-                    return;
-                }
-                match s.sink.tx.try_send(delivery) {
-                    Ok(()) => {
-                        self.deliveries.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        self.drops.fetch_add(1, Ordering::Relaxed);
-                        slow.push(s.sink.clone());
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                match s.sink.offer(Delivery::Publication(p.clone())) {
+                    Offer::Queued => queued += 1,
+                    Offer::Overflow => overflowed += 1,
+                    Offer::Closed => {}
                 }
             };
             if p.draft.alternates.is_empty() {
@@ -279,48 +222,23 @@ impl Fanout {
             }
             self.last_seq.store(p.seq, Ordering::Release);
         }
-        for sink in slow {
-            if sink.close_reason().is_none() {
-                self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
-            }
-            self.close_sink(&sink, SLOW_CONSUMER);
+        self.deliveries.fetch_add(queued, Ordering::Relaxed);
+        if overflowed > 0 {
+            self.drops.fetch_add(overflowed, Ordering::Relaxed);
+            self.slow_disconnects
+                .fetch_add(overflowed, Ordering::Relaxed);
         }
     }
 
     /// Delivers a join or leave to the channel's subscribers that asked for
     /// them. A full queue here closes the connection like a publication would.
     fn deliver_event(&self, channel: &str, event: Delivery) {
-        let mut slow = Vec::new();
-        {
-            let index = self.index.read();
-            let exact = index.exact.get(channel).into_iter().flatten();
-            for s in exact.chain(index.matching(std::iter::once(channel))) {
-                if s.join_leave
-                    && s.sink.tx.try_send(event.clone()).is_err()
-                    && !s.sink.tx.is_closed()
-                {
-                    slow.push(s.sink.clone());
-                }
+        let index = self.index.read();
+        let exact = index.exact.get(channel).into_iter().flatten();
+        for s in exact.chain(index.matching(std::iter::once(channel))) {
+            if s.join_leave {
+                s.sink.offer(event.clone());
             }
-        }
-        for sink in slow {
-            self.close_sink(&sink, SLOW_CONSUMER);
-        }
-    }
-
-    /// Closes a connection: all its subscriptions leave the index.
-    fn close_sink(&self, sink: &Arc<Sink>, reason: &'static str) {
-        sink.close(reason);
-        let ids: Vec<u64> = self
-            .index
-            .read()
-            .by_id
-            .values()
-            .filter(|s| s.sink.id == sink.id)
-            .map(|s| s.id)
-            .collect();
-        for id in ids {
-            self.remove(id);
         }
     }
 
@@ -380,10 +298,8 @@ impl Drop for SubscriptionHandle {
 pub struct Subscription {
     /// The subscription.
     pub handle: SubscriptionHandle,
-    /// The connection's queue.
+    /// The connection's queue: deliveries, in order.
     pub sink: Arc<Sink>,
-    /// Deliveries, in order.
-    pub rx: mpsc::Receiver<Delivery>,
 }
 
 struct Job {
@@ -427,6 +343,8 @@ pub struct Hub {
     log_tx: RwLock<Option<mpsc::Sender<Job>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     next_id: AtomicU64,
+    stopping: AtomicBool,
+    open_sinks: Arc<sink::OpenSinks>,
     publications: Arc<AtomicU64>,
     options: HubOptions,
     presence: Presence,
@@ -504,6 +422,8 @@ impl Hub {
             log_tx: RwLock::new(Some(tx)),
             tasks: Mutex::new(vec![log, sweep]),
             next_id: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+            open_sinks: Default::default(),
             publications,
             options,
             presence,
@@ -520,18 +440,18 @@ impl Hub {
         wait.await.map_err(|_| HubError::Closed)?
     }
 
-    /// Opens a connection queue of the configured capacity.
-    pub fn open_queue(&self) -> (Arc<Sink>, mpsc::Receiver<Delivery>) {
-        let (tx, rx) = mpsc::channel(self.options.queue_capacity);
-        let sink = Arc::new(Sink {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            tx,
-            reason: OnceLock::new(),
-            closed: CancellationToken::new(),
-            queued_bytes: AtomicUsize::new(0),
-            max_bytes: self.options.queue_bytes,
-        });
-        (sink, rx)
+    /// Opens a connection queue of the configured bounds. Once streams are
+    /// stopping (see [`Hub::stop_streams`]) it is born closed.
+    pub fn open_queue(&self) -> Arc<Sink> {
+        let sink = self.open_sinks.open(
+            self.next_id.fetch_add(1, Ordering::Relaxed),
+            self.options.queue_capacity,
+            self.options.queue_bytes,
+        );
+        if self.stopping.load(Ordering::Acquire) {
+            sink.close(SHUTTING_DOWN);
+        }
+        sink
     }
 
     /// Registers a subscription on a connection: publications selected by
@@ -598,9 +518,9 @@ impl Hub {
 
     /// A connection with one subscription (what an SSE stream needs).
     pub fn subscribe(&self, matchers: Vec<TopicMatcher>, filter: Arc<dyn Filter>) -> Subscription {
-        let (sink, rx) = self.open_queue();
+        let sink = self.open_queue();
         let handle = self.subscribe_on(&sink, matchers, filter, false);
-        Subscription { handle, sink, rx }
+        Subscription { handle, sink }
     }
 
     /// Tells the channel's join/leave subscribers (on every node) that
@@ -657,19 +577,24 @@ impl Hub {
         self.cluster.as_ref().map(|c| c.engine)
     }
 
-    /// Disconnects every subscriber (they see `reason`).
+    /// Disconnects every connection (they see `reason`). Their
+    /// subscriptions leave the index as their connections end.
     pub fn disconnect_all(&self, reason: &'static str) {
-        let sinks: Vec<Arc<Sink>> = self
-            .fanout
-            .index
-            .read()
-            .by_id
-            .values()
-            .map(|s| s.sink.clone())
-            .collect();
-        for sink in sinks {
-            self.fanout.close_sink(&sink, reason);
-        }
+        self.open_sinks.close_all(reason);
+    }
+
+    /// The first step of a graceful shutdown: every connection's queue is
+    /// closed with [`SHUTTING_DOWN`] (each transport tells its client to
+    /// reconnect), and queues opened from now on are born closed.
+    /// Publishing goes on until [`Hub::shutdown`].
+    pub fn stop_streams(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.disconnect_all(SHUTTING_DOWN);
+    }
+
+    /// The options the hub was started with.
+    pub fn options(&self) -> &HubOptions {
+        &self.options
     }
 
     /// Who is present in which channel, on this node.
@@ -706,8 +631,8 @@ impl Hub {
         let mut total = 0;
         let mut deepest = 0;
         for s in index.by_id.values() {
-            if seen.insert(s.sink.id) {
-                let depth = s.sink.tx.max_capacity() - s.sink.tx.capacity();
+            if seen.insert(s.sink.id()) {
+                let depth = s.sink.len();
                 total += depth;
                 deepest = deepest.max(depth);
             }
@@ -738,7 +663,7 @@ impl Hub {
         for t in tasks {
             t.abort();
         }
-        self.disconnect_all(SHUTTING_DOWN);
+        self.stop_streams();
         if let Err(e) = self.history.close().await {
             tracing::error!(error = %e, "closing history failed");
         }

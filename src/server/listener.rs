@@ -1,6 +1,9 @@
 //! Accepting connections: TCP, then TLS when configured, then HTTP/1.1 or
 //! HTTP/2 (by ALPN over TLS; by the client's preface in cleartext, h2c),
 //! with WebSocket upgrades on both (RFC 8441 extended CONNECT on HTTP/2).
+//! On a plain connection, a first request for an event stream or a
+//! WebSocket is served by the lean path of [`super::http1`]; everything
+//! else by hyper.
 //!
 //! The listener is also the first line of defence of a hub facing the open
 //! internet: a connection over `limits.max_connections` or
@@ -22,6 +25,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderValue, Request, Response, StatusCode};
 use axum::Router;
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -32,7 +36,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::http1;
 use crate::limits::{self, LimitSettings, Refusal, Ticket};
+use crate::transport::live::{LiveBody, Socket, Upgrade};
 
 /// Serves `router` on `tcp` until `stop` fires, then asks every connection
 /// to finish (HTTP/1.1 after its current response, HTTP/2 with GOAWAY).
@@ -62,21 +68,22 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let admitted = admission.admit(peer.ip()).map(Admitted::new);
         let conn = Connection {
             peer,
-            admitted: admission.admit(peer.ip()),
             http: http.clone(),
             router: router.clone(),
             stop: stop.clone(),
             header_timeout: limits.header_timeout,
             idle_timeout: limits.idle_timeout,
+            upgrades: connections.clone(),
         };
         // Two task types, not one future with both branches: a plain
         // connection's task would otherwise be sized for a TLS session
         // (measured: +4 KB per idle SSE connection).
         match &tls {
-            None => connections.spawn(conn.http(stream)),
-            Some(acceptor) => connections.spawn(conn.tls(stream, acceptor.clone())),
+            None => connections.spawn(conn.plain(stream, admitted)),
+            Some(acceptor) => connections.spawn(conn.tls(stream, acceptor.clone(), admitted)),
         };
     }
     connections.close();
@@ -100,53 +107,109 @@ fn http_builder(limits: &LimitSettings) -> auto::Builder<TokioExecutor> {
 /// One accepted TCP connection and what it needs to be served.
 struct Connection {
     peer: SocketAddr,
-    admitted: Result<Ticket<IpAddr>, Refusal>,
     http: Arc<auto::Builder<TokioExecutor>>,
     router: Router,
     stop: CancellationToken,
     header_timeout: Duration,
     idle_timeout: Duration,
+    /// Where upgraded connections run (so that shutdown waits for them).
+    upgrades: TaskTracker,
+}
+
+/// An admitted connection's place in the counts, held until it closes.
+struct Admitted(#[allow(dead_code)] Ticket<IpAddr>);
+
+impl Admitted {
+    fn new(ticket: Ticket<IpAddr>) -> Admitted {
+        metrics::gauge!("tidings_tcp_connections").increment(1.0);
+        Admitted(ticket)
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        metrics::gauge!("tidings_tcp_connections").decrement(1.0);
+    }
 }
 
 impl Connection {
+    /// A plain connection: the lean path for a first request that opens a
+    /// stream or a WebSocket, hyper for the rest.
+    async fn plain(self, stream: TcpStream, admitted: Result<Admitted, Refusal>) {
+        let admitted = match admitted {
+            Ok(admitted) => admitted,
+            // Refused: hyper answers every request with the refusal.
+            refused => return Box::pin(self.http(stream, Bytes::new(), refused)).await,
+        };
+        let first = http1::Conn {
+            peer: self.peer,
+            router: self.router.clone(),
+            header_timeout: self.header_timeout,
+            stall_timeout: self.idle_timeout,
+        };
+        if let Some((stream, read)) = http1::serve_first(stream, first).await {
+            // Boxed: hyper's connection state is large, and this task must
+            // stay small for the many connections that never get here.
+            Box::pin(self.http(stream, read, Ok(admitted))).await;
+        }
+    }
+
     /// TLS first (within `header_timeout`), then HTTP.
-    async fn tls(self, stream: TcpStream, acceptor: TlsAcceptor) {
+    async fn tls(
+        self,
+        stream: TcpStream,
+        acceptor: TlsAcceptor,
+        admitted: Result<Admitted, Refusal>,
+    ) {
         match tokio::time::timeout(self.header_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => self.http(stream).await,
+            Ok(Ok(stream)) => self.http(stream, Bytes::new(), admitted).await,
             Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
         }
     }
 
-    async fn http<IO>(self, stream: IO)
+    /// Serves the connection with hyper, `read` being bytes already read
+    /// from it. Without an admission, every request gets the refusal.
+    async fn http<IO>(self, stream: IO, read: Bytes, admitted: Result<Admitted, Refusal>)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity {
             last_ms: AtomicU64::new(now_ms()),
-            spoke: AtomicBool::new(false),
+            spoke: AtomicBool::new(!read.is_empty()),
         });
-        let (ticket, refusal) = match self.admitted {
-            Ok(ticket) => {
-                metrics::gauge!("tidings_tcp_connections").increment(1.0);
-                (Some(ticket), None)
-            }
+        let (admitted, refusal) = match admitted {
+            Ok(admitted) => (Some(admitted), None),
             Err(refusal) => (None, Some(refusal)),
         };
         let io = Tracked {
             inner: stream,
+            read_ahead: read,
             activity: activity.clone(),
-            _ticket: ticket,
+            _admitted: admitted,
         };
-        let (router, peer) = (self.router, self.peer);
+        let (router, peer, upgrades) = (self.router, self.peer, self.upgrades);
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let router = router.clone();
+            let upgrades = upgrades.clone();
             async move {
                 if let Some(refusal) = refusal {
                     return Ok::<_, Infallible>(refused(refusal));
                 }
                 req.extensions_mut().insert(ConnectInfo(peer));
-                router.oneshot(req).await
+                let on_upgrade = hyper::upgrade::on(&mut req);
+                let Ok(mut res) = router.oneshot(req).await;
+                if let Some(session) = Upgrade::take(&mut res) {
+                    upgrades.spawn(async move {
+                        match on_upgrade.await {
+                            Ok(upgraded) => {
+                                session(Socket::Hyper(TokioIo::new(upgraded)), Bytes::new()).await
+                            }
+                            Err(e) => tracing::debug!(%peer, error = %e, "upgrade failed"),
+                        }
+                    });
+                }
+                Ok(LiveBody::into_hyper(res))
             }
         });
         let conn = self
@@ -222,26 +285,20 @@ fn now_ms() -> u64 {
 }
 
 /// A connection's byte stream, noting when bytes last moved either way and
-/// holding the connection's admission ticket for as long as the bytes flow
+/// holding the connection's admission for as long as the bytes flow
 /// (after a WebSocket upgrade too: the upgraded stream is this one).
+/// Bytes read before hyper took over come first.
 struct Tracked<IO> {
     inner: IO,
+    read_ahead: Bytes,
     activity: Arc<Activity>,
-    _ticket: Option<Ticket<IpAddr>>,
+    _admitted: Option<Admitted>,
 }
 
 /// When bytes last moved, and whether the client has sent any yet.
 struct Activity {
     last_ms: AtomicU64,
     spoke: AtomicBool,
-}
-
-impl<IO> Drop for Tracked<IO> {
-    fn drop(&mut self) {
-        if self._ticket.is_some() {
-            metrics::gauge!("tidings_tcp_connections").decrement(1.0);
-        }
-    }
 }
 
 impl<IO> Tracked<IO> {
@@ -256,6 +313,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.read_ahead.is_empty() {
+            let n = self.read_ahead.len().min(buf.remaining());
+            buf.put_slice(&self.read_ahead.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {

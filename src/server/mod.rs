@@ -32,6 +32,7 @@ use crate::integration::webhooks::{Event, EventKind, Webhooks};
 use crate::transport::{emulation, http_stream, websocket, CentrifugoState};
 use crate::web;
 
+mod http1;
 pub mod listener;
 pub mod tls;
 
@@ -340,7 +341,6 @@ pub async fn serve(
     let mercure = MercureState::new(
         hub.clone(),
         settings.mercure.clone(),
-        shutdown.clone(),
         proxy.clone(),
         webhooks.clone(),
         api_rate.clone(),
@@ -360,7 +360,6 @@ pub async fn serve(
     let draining = CancellationToken::new();
     let centrifugo = Arc::new(CentrifugoState {
         node,
-        shutdown: shutdown.clone(),
         draining: draining.clone(),
     });
     crate::metrics::install();
@@ -390,6 +389,7 @@ pub async fn serve(
     let stop_accepting = CancellationToken::new();
     let stop = stop_accepting.clone();
     let streams = shutdown.clone();
+    let stopping_hub = hub.clone();
     let drain = settings.shutdown_drain;
     tokio::spawn(async move {
         signal.await;
@@ -400,6 +400,7 @@ pub async fn serve(
         }
         tracing::info!("shutting down: ending streams, finishing publishes");
         streams.cancel();
+        stopping_hub.stop_streams();
         stop.cancel();
     });
     let connections = listener::serve(listener, tls, &settings.limits, app, stop_accepting).await;

@@ -19,8 +19,11 @@
 //! it as a slow consumer: the same rule as every other transport.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -161,12 +164,15 @@ async fn open_stream(
         remote: remote.to_string(),
         headers: forwarded,
     };
-    tokio::spawn(connection::run(
-        StreamWire { tx, inbox },
-        node.clone(),
-        state.shutdown.clone(),
-        start,
-    ));
+    let wire = StreamWire {
+        closed: Box::pin({
+            let tx = tx.clone();
+            async move { tx.closed().await }
+        }),
+        tx,
+        inbox,
+    };
+    tokio::spawn(connection::run(wire, node.clone(), start));
     let content_type = match (event_stream, encoding) {
         (true, _) => "text/event-stream; charset=utf-8",
         (false, Encoding::Json) => "application/json",
@@ -193,21 +199,22 @@ fn receiver_stream(mut rx: mpsc::Receiver<Bytes>) -> impl futures::Stream<Item =
 /// posted to `/emulation`) as a connection's wire.
 struct StreamWire {
     tx: mpsc::Sender<Bytes>,
+    /// Resolves when the response body is dropped (the client went away).
+    closed: Pin<Box<dyn Future<Output = ()> + Send>>,
     inbox: Option<EmulationInbox>,
 }
 
 impl Wire for StreamWire {
-    async fn recv(&mut self) -> Inbound {
-        let StreamWire { tx, inbox } = self;
-        match inbox {
-            Some(inbox) => tokio::select! {
-                frame = inbox.frames.recv() => frame.map_or(Inbound::Gone, Inbound::Frame),
-                _ = tx.closed() => Inbound::Gone,
-            },
-            None => {
-                tx.closed().await;
-                Inbound::Gone
-            }
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+        if self.closed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Inbound::Gone);
+        }
+        match &mut self.inbox {
+            Some(inbox) => inbox
+                .frames
+                .poll_recv(cx)
+                .map(|frame| frame.map_or(Inbound::Gone, Inbound::Frame)),
+            None => Poll::Pending,
         }
     }
 

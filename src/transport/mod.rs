@@ -8,6 +8,7 @@
 
 pub mod emulation;
 pub mod http_stream;
+pub mod live;
 pub mod sse;
 pub mod websocket;
 
@@ -22,8 +23,6 @@ use crate::centrifugo::Node;
 pub struct CentrifugoState {
     /// Sessions' shared state.
     pub node: Arc<Node>,
-    /// Server shutdown: connections end.
-    pub shutdown: CancellationToken,
     /// Shutdown is coming: `/readyz` answers 503 (fires before `shutdown`).
     pub draining: CancellationToken,
 }

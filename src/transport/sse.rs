@@ -3,14 +3,22 @@
 //! One [`EventStream`] per connection. It first writes the prelude (an
 //! opening comment so clients see the stream open, and an optional
 //! `retry:`), then the replayed publications, then live ones. Everything
-//! queued when the socket is ready is written as one chunk, so a burst costs
-//! one write, not one per event. Publications reuse their shared encoding.
+//! queued when the stream is polled is written as one chunk, so a burst
+//! costs one write, not one per event. Publications reuse their shared
+//! encoding.
+//!
+//! With `hub.write_interval` set, a stream writes live publications at most
+//! once per interval: what arrives sooner waits for the next write, so a
+//! busy connection costs one system call per interval instead of one per
+//! publication (a publication after a quiet spell still goes out at once).
 //!
 //! The stream ends cleanly (so `EventSource` reconnects and resumes with its
-//! `Last-Event-ID`) when the hub drops the subscriber, the token expires, the
-//! lifetime limit is reached, or the server shuts down.
+//! `Last-Event-ID`) when the hub closes its queue (slow consumer, shutdown),
+//! the token expires or the lifetime limit is reached.
+//!
+//! One timer serves the heartbeat, the deadline and the write interval, and
+//! a write never touches it: a busy stream costs no timer work per event.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,24 +27,27 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
-use tokio::time::{Instant, Interval, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio::time::{Instant, Sleep};
 
 use crate::hub::{Delivery, Publication, Subscription};
 use crate::protocol::mercure::sse;
 
-/// Most publications written in one chunk.
-const BATCH: usize = 256;
+/// Most replayed publications written in one chunk.
+const REPLAY_BATCH: usize = 256;
 
 /// The body of one SSE response.
 pub struct EventStream {
     prelude: Option<Bytes>,
     replay: std::vec::IntoIter<Arc<Publication>>,
     subscription: Subscription,
-    heartbeat: Interval,
-    deadline: Option<Pin<Box<Sleep>>>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    kicked: Pin<Box<WaitForCancellationFutureOwned>>,
+    timer: Pin<Box<Sleep>>,
+    timer_at: Instant,
+    heartbeat: Duration,
+    last_write: Instant,
+    deadline: Option<Instant>,
+    write_interval: Duration,
+    /// No live write before this (the write interval after the last one).
+    hold_until: Option<Instant>,
     batch: Vec<Delivery>,
     finished: bool,
     _guard: Option<Box<dyn Send + Sync>>,
@@ -45,14 +56,14 @@ pub struct EventStream {
 
 /// How an [`EventStream`] behaves.
 pub struct StreamOptions {
-    /// Interval of keep-alive comments.
+    /// Most time without a write: a keep-alive comment is sent then.
     pub heartbeat: Duration,
     /// `retry:` sent first, if any.
     pub retry: Option<u64>,
     /// When the stream must end (token expiry, lifetime limit).
     pub deadline: Option<Instant>,
-    /// Server shutdown.
-    pub shutdown: CancellationToken,
+    /// Shortest time between two writes of live publications (zero: none).
+    pub write_interval: Duration,
 }
 
 impl EventStream {
@@ -68,33 +79,50 @@ impl EventStream {
         if let Some(ms) = options.retry {
             prelude.extend_from_slice(&sse::retry(ms));
         }
-        let start = Instant::now() + options.heartbeat;
-        let kicked = subscription.sink.closed().clone().cancelled_owned();
+        let now = Instant::now();
+        let first_heartbeat = now + options.heartbeat;
         EventStream {
             prelude: Some(prelude.freeze()),
             replay: replay.into_iter(),
             subscription,
-            heartbeat: tokio::time::interval_at(start, options.heartbeat),
-            deadline: options
-                .deadline
-                .map(|d| Box::pin(tokio::time::sleep_until(d))),
-            shutdown: Box::pin(options.shutdown.cancelled_owned()),
-            kicked: Box::pin(kicked),
-            batch: Vec::with_capacity(BATCH),
+            timer: Box::pin(tokio::time::sleep_until(first_heartbeat)),
+            timer_at: first_heartbeat,
+            heartbeat: options.heartbeat,
+            last_write: now,
+            deadline: options.deadline,
+            write_interval: options.write_interval,
+            hold_until: None,
+            batch: Vec::new(),
             finished: false,
             _guard: guard,
             _open: crate::metrics::connection_opened("mercure", "sse"),
         }
     }
 
-    fn finish(&mut self, reason: &str) -> Poll<Option<Result<Bytes, Infallible>>> {
+    fn finish(&mut self, reason: &str) -> Poll<Option<Bytes>> {
         self.finished = true;
-        Poll::Ready(Some(Ok(sse::comment(&format!("tidings: {reason}")))))
+        Poll::Ready(Some(sse::comment(&format!("tidings: {reason}"))))
+    }
+
+    /// The live publications taken from the queue, encoded as one chunk
+    /// (empty when all of them came through replay already).
+    fn encode_batch(&mut self) -> Bytes {
+        // Anything at or before the snapshot came through replay.
+        let skip_upto = self.subscription.handle.snapshot_seq;
+        let mut out = BytesMut::new();
+        for d in self.batch.drain(..) {
+            if let Delivery::Publication(p) = d {
+                if p.seq > skip_upto {
+                    out.extend_from_slice(p.sse());
+                }
+            }
+        }
+        out.freeze()
     }
 }
 
 impl Stream for EventStream {
-    type Item = Result<Bytes, Infallible>;
+    type Item = Bytes;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -102,60 +130,54 @@ impl Stream for EventStream {
             return Poll::Ready(None);
         }
         if let Some(p) = this.prelude.take() {
-            return Poll::Ready(Some(Ok(p)));
+            return Poll::Ready(Some(p));
         }
         if this.replay.len() > 0 {
             let mut out = BytesMut::new();
-            for p in this.replay.by_ref().take(BATCH) {
+            for p in this.replay.by_ref().take(REPLAY_BATCH) {
                 out.extend_from_slice(p.sse());
             }
-            return Poll::Ready(Some(Ok(out.freeze())));
+            return Poll::Ready(Some(out.freeze()));
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
-            return this.finish("the hub is shutting down, reconnect");
-        }
-        if this.kicked.as_mut().poll(cx).is_ready() {
-            let reason = this
-                .subscription
-                .sink
-                .close_reason()
-                .unwrap_or("closed by the hub");
-            return this.finish(reason);
-        }
-        if let Some(d) = this.deadline.as_mut() {
-            if d.as_mut().poll(cx).is_ready() {
+        loop {
+            let now = Instant::now();
+            if this.deadline.is_some_and(|d| now >= d) {
                 return this.finish("the token or connection lifetime expired, reconnect");
             }
-        }
-        let skip_upto = this.subscription.handle.snapshot_seq;
-        match this
-            .subscription
-            .rx
-            .poll_recv_many(cx, &mut this.batch, BATCH)
-        {
-            Poll::Ready(0) => this.finish("unsubscribed"),
-            Poll::Ready(_) => {
-                this.subscription.sink.dequeued(&this.batch);
-                let mut out = BytesMut::new();
-                for d in this.batch.drain(..) {
-                    // Anything at or before the snapshot came through replay.
-                    if let Delivery::Publication(p) = d {
-                        if p.seq > skip_upto {
-                            out.extend_from_slice(p.sse());
+            if this.hold_until.is_none_or(|h| now >= h) {
+                this.hold_until = None;
+                match this.subscription.sink.poll_take(cx, &mut this.batch) {
+                    Poll::Ready(Err(reason)) => return this.finish(reason),
+                    Poll::Ready(Ok(())) => {
+                        let out = this.encode_batch();
+                        if out.is_empty() {
+                            continue;
                         }
+                        this.last_write = now;
+                        if !this.write_interval.is_zero() {
+                            this.hold_until = Some(now + this.write_interval);
+                        }
+                        return Poll::Ready(Some(out));
                     }
+                    Poll::Pending => {}
                 }
-                this.heartbeat.reset();
-                if out.is_empty() {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                Poll::Ready(Some(Ok(out.freeze())))
             }
-            Poll::Pending => match this.heartbeat.poll_tick(cx) {
-                Poll::Ready(_) => Poll::Ready(Some(Ok(sse::comment("")))),
-                Poll::Pending => Poll::Pending,
-            },
+            let heartbeat_at = this.last_write + this.heartbeat;
+            if now >= heartbeat_at {
+                this.last_write = now;
+                return Poll::Ready(Some(sse::comment("")));
+            }
+            let mut at = heartbeat_at;
+            for t in [this.hold_until, this.deadline].into_iter().flatten() {
+                at = at.min(t);
+            }
+            if at != this.timer_at {
+                this.timer.as_mut().reset(at);
+                this.timer_at = at;
+            }
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
         }
     }
 }

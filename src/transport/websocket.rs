@@ -6,21 +6,34 @@
 //! site act as the user (cross-site WebSocket hijacking). The subprotocol
 //! `centrifuge-protobuf` selects the Protobuf encoding; JSON otherwise.
 //!
-//! The connection itself runs in `centrifugo::connection` over a
-//! [`WsWire`]: a batch of output is one WebSocket message, and the
-//! connection ends with a close frame carrying the disconnect code.
-//! `/connection/uni_websocket` is the same with a unidirectional session
-//! (JSON only, as in Centrifugo).
+//! The handshake is checked here ([`Handshake`]: RFC 6455 over HTTP/1.1,
+//! RFC 8441 extended CONNECT over HTTP/2) and answered with an
+//! [`Upgrade`]; the server then hands over the connection's byte stream,
+//! and tungstenite (whose own CI runs the Autobahn|Testsuite) takes the
+//! frames from there. The connection itself runs in
+//! `centrifugo::connection` over a [`WsWire`]: a batch of output is one
+//! WebSocket message, and the connection ends with a close frame carrying
+//! the disconnect code. `/connection/uni_websocket` is the same with a
+//! unidirectional session (JSON only, as in Centrifugo).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 
+use super::live::{Socket, Upgrade};
 use super::{origin_allowed, CentrifugoState, ConnectQuery};
 use crate::centrifugo::connection::{self, Inbound, Start, Wire};
 use crate::centrifugo::Transport;
@@ -30,12 +43,129 @@ use crate::protocol::centrifuge::Encoding;
 /// commands; larger ones grow it up to `centrifugo.max_frame`.
 const READ_BUFFER: usize = 4096;
 
+/// Subprotocols we speak, in order of preference.
+const PROTOCOLS: [&str; 2] = ["centrifuge-protobuf", "centrifuge-json"];
+
+/// A WebSocket handshake request (RFC 6455 over HTTP/1.1, RFC 8441 over
+/// HTTP/2), checked: what the answer needs.
+pub struct Handshake {
+    /// `Sec-WebSocket-Key` (HTTP/1.1 only).
+    key: Option<HeaderValue>,
+    /// The subprotocols the client offered.
+    protocols: Vec<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Handshake {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
+        let refuse = |status: StatusCode, why: &str| (status, format!("{why}\n")).into_response();
+        let key = if parts.version <= Version::HTTP_11 {
+            if parts.method != Method::GET {
+                return Err(refuse(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "a WebSocket handshake is a GET",
+                ));
+            }
+            if !header_has_token(&parts.headers, header::CONNECTION, "upgrade")
+                || !header_has_token(&parts.headers, header::UPGRADE, "websocket")
+            {
+                return Err(refuse(
+                    StatusCode::UPGRADE_REQUIRED,
+                    "this endpoint needs a WebSocket upgrade (Connection: upgrade, Upgrade: websocket)",
+                ));
+            }
+            let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY) else {
+                return Err(refuse(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"));
+            };
+            Some(key.clone())
+        } else {
+            let websocket = parts
+                .extensions
+                .get::<hyper::ext::Protocol>()
+                .is_some_and(|p| p.as_str() == "websocket");
+            if parts.method != Method::CONNECT || !websocket {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "a WebSocket over HTTP/2 is an extended CONNECT with :protocol websocket",
+                ));
+            }
+            None
+        };
+        if parts
+            .headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            let mut res = refuse(StatusCode::BAD_REQUEST, "unsupported Sec-WebSocket-Version");
+            res.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+            return Err(res);
+        }
+        let protocols = parts
+            .headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|p| p.trim().to_owned())
+            .collect();
+        Ok(Handshake { key, protocols })
+    }
+}
+
+impl Handshake {
+    /// The subprotocol we pick among the client's offers.
+    fn protocol(&self) -> Option<&'static str> {
+        PROTOCOLS
+            .into_iter()
+            .find(|p| self.protocols.iter().any(|o| o == p))
+    }
+
+    /// The handshake answer, running `session` on the upgraded connection.
+    fn accept<F, Fut>(self, protocol: Option<&'static str>, session: F) -> Response
+    where
+        F: FnOnce(Socket, Bytes) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        // HTTP/2 (RFC 8441): a 200 with no headers of its own.
+        let mut res = Response::new(Body::empty());
+        if let Some(key) = &self.key {
+            *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = res.headers_mut();
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+                h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+            }
+        }
+        if let Some(p) = protocol {
+            res.headers_mut()
+                .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+        }
+        Upgrade::attach(&mut res, session);
+        res
+    }
+}
+
+/// True when a comma-separated header holds `token` (case-insensitive).
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
 /// `GET /connection/websocket`.
 pub async fn bidirectional(
     state: State<Arc<CentrifugoState>>,
     connect_info: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Handshake,
 ) -> Response {
     upgrade(state, connect_info, headers, ws, Transport::WebSocket, None)
 }
@@ -47,7 +177,7 @@ pub async fn unidirectional(
     connect_info: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<ConnectQuery>,
-    ws: WebSocketUpgrade,
+    ws: Handshake,
 ) -> Response {
     let first = query.cf_connect.map(Bytes::from);
     upgrade(
@@ -64,7 +194,7 @@ fn upgrade(
     State(state): State<Arc<CentrifugoState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Handshake,
     transport: Transport,
     first_frame: Option<Bytes>,
 ) -> Response {
@@ -78,20 +208,29 @@ fn upgrade(
         )
             .into_response();
     }
-    // Small buffers: an idle connection should cost kilobytes, not the
-    // library's 128 KiB default read buffer (docs/decisions.md).
-    let ws = ws
-        .protocols(["centrifuge-protobuf", "centrifuge-json"])
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(state.node.settings.max_frame)
-        .max_frame_size(state.node.settings.max_frame);
-    let encoding = match ws.selected_protocol().map(|p| p.as_bytes()) {
-        Some(b"centrifuge-protobuf") if !transport.unidirectional() => Encoding::Protobuf,
+    let protocol = ws.protocol();
+    let encoding = match protocol {
+        Some("centrifuge-protobuf") if !transport.unidirectional() => Encoding::Protobuf,
         _ => Encoding::Json,
     };
+    // Small buffers: an idle connection should cost kilobytes, not the
+    // library's 128 KiB default read buffer (docs/decisions.md).
+    let max_frame = state.node.settings.max_frame;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
     let forwarded = state.node.proxy.forwarded_headers(&headers);
-    ws.on_upgrade(move |socket| {
+    let node = state.node.clone();
+    ws.accept(protocol, move |socket, read_ahead| async move {
+        let socket = WebSocketStream::from_partially_read(
+            socket,
+            read_ahead.to_vec(),
+            Role::Server,
+            Some(config),
+        )
+        .await;
         let start = Start {
             transport,
             encoding,
@@ -105,21 +244,20 @@ fn upgrade(
             remote: remote.to_string(),
             headers: forwarded,
         };
-        let wire = WsWire { socket, encoding };
-        connection::run(wire, state.node.clone(), state.shutdown.clone(), start)
+        connection::run(WsWire { socket, encoding }, node, start).await
     })
 }
 
 /// A WebSocket as a connection's wire.
 struct WsWire {
-    socket: WebSocket,
+    socket: WebSocketStream<Socket>,
     encoding: Encoding,
 }
 
 impl Wire for WsWire {
-    async fn recv(&mut self) -> Inbound {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
         loop {
-            return match self.socket.recv().await {
+            return Poll::Ready(match ready!(self.socket.poll_next_unpin(cx)) {
                 Some(Ok(Message::Text(t))) => Inbound::Frame(Bytes::from(t)),
                 Some(Ok(Message::Binary(b))) => Inbound::Frame(b),
                 Some(Ok(Message::Close(_))) | None => Inbound::Gone,
@@ -128,7 +266,7 @@ impl Wire for WsWire {
                     let (code, reason) = classify(e);
                     Inbound::Broken(code, reason)
                 }
-            };
+            });
         }
     }
 
@@ -146,7 +284,7 @@ impl Wire for WsWire {
 
     async fn close(mut self, code: u16, reason: &str) {
         let frame = CloseFrame {
-            code,
+            code: CloseCode::from(code),
             reason: reason.to_owned().into(),
         };
         let _ = self.socket.send(Message::Close(Some(frame))).await;
@@ -154,11 +292,11 @@ impl Wire for WsWire {
 }
 
 /// Maps a read error to a WebSocket close code.
-fn classify(e: axum::Error) -> (u16, &'static str) {
-    use tungstenite::error::{CapacityError, Error};
-    match e.into_inner().downcast::<Error>().map(|b| *b) {
-        Ok(Error::Capacity(CapacityError::MessageTooLong { .. })) => (1009, "message too big"),
-        Ok(Error::Utf8(_)) => (1007, "invalid UTF-8"),
+fn classify(e: tokio_tungstenite::tungstenite::Error) -> (u16, &'static str) {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error};
+    match e {
+        Error::Capacity(CapacityError::MessageTooLong { .. }) => (1009, "message too big"),
+        Error::Utf8(_) => (1007, "invalid UTF-8"),
         _ => (1002, "protocol error"),
     }
 }
