@@ -345,6 +345,16 @@ async fn hostile_frames_and_tokens_lose_no_publication() {
         ws.send(tokio_tungstenite::tungstenite::Message::text(frame))
             .await
             .unwrap();
+        // Subscribed before anything is published.
+        use futures::StreamExt;
+        let mut subscribed = false;
+        while !subscribed {
+            let msg = ws.next().await.unwrap().unwrap();
+            subscribed = msg.to_text().unwrap_or_default().lines().any(|l| {
+                serde_json::from_str::<Value>(l)
+                    .is_ok_and(|v| v["id"] == 2 && v["subscribe"].is_object())
+            });
+        }
         ws
     };
     // Publications flow throughout.

@@ -25,8 +25,8 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::session::{Disconnect, Session};
-use super::{Control, Node, Transport};
-use crate::hub::{ENGINE_RESET, SHUTTING_DOWN};
+use super::{Node, Transport};
+use crate::hub::{Delivery, ENGINE_RESET, SHUTTING_DOWN};
 use crate::protocol::centrifuge::outbox::Outbox;
 use crate::protocol::centrifuge::resume::ChannelPosition;
 use crate::protocol::centrifuge::{disconnect, Encoding};
@@ -72,7 +72,7 @@ pub struct Start {
 }
 
 /// Runs a connection until it ends (the hub closes its queue on shutdown).
-pub async fn run<W: Wire>(wire: W, node: Arc<Node>, start: Start) {
+pub fn run<W: Wire>(wire: W, node: Arc<Node>, start: Start) -> impl Future<Output = ()> + Send {
     let span = tracing::info_span!(
         "connection",
         transport = start.transport.name(),
@@ -80,16 +80,13 @@ pub async fn run<W: Wire>(wire: W, node: Arc<Node>, start: Start) {
         client = tracing::field::Empty,
         user = tracing::field::Empty,
     );
-    drive(wire, node, start, span.clone())
-        .instrument(span)
-        .await
+    drive(wire, node, start, span.clone()).instrument(span)
 }
 
 /// What woke the loop.
 enum Event {
     Inbound(Inbound),
     Deliveries(Result<(), &'static str>),
-    Control(Control),
     Timer,
 }
 
@@ -102,124 +99,147 @@ struct Deadlines {
     hold: Option<Instant>,
 }
 
-async fn drive<W: Wire>(mut wire: W, node: Arc<Node>, start: Start, span: tracing::Span) {
-    let transport = start.transport;
-    let _open = crate::metrics::connection_opened("centrifugo", transport.name());
-    let sink = node.hub.open_queue();
-    let (mut session, mut controls) = Session::new(
-        node.clone(),
-        transport,
-        start.encoding,
-        sink.clone(),
-        start.session_id,
-        start.headers,
-    );
-    span.record("client", session.client());
-    session.resume_from(start.resume_from);
-    let settings = &node.settings;
-    let write_interval = node.hub.options().write_interval;
-    let began = Instant::now();
-    let far = began + Duration::from_secs(365 * 24 * 3600);
-    let mut deadlines = Deadlines {
-        handshake: began + settings.handshake_timeout,
-        next_ping: began + settings.ping_interval,
-        pong: None,
-        hold: None,
-    };
-    let mut timer = pin!(tokio::time::sleep_until(far));
-    let mut timer_at = far;
-    let mut batch = Vec::new();
-    let mut out = Outbox::new(start.encoding, transport.framing());
-    let mut first_frame = start.first_frame;
-    let result: Result<(), Disconnect> = loop {
-        let was_connected = session.is_connected();
-        let mut delivered = false;
-        let step: Result<(), Disconnect> = if let Some(frame) = first_frame.take() {
-            Box::pin(session.handle_frame(&frame, &mut out)).await
-        } else {
-            let at = next_deadline(&session, &deadlines, far);
-            if at != timer_at {
-                timer.as_mut().reset(at);
-                timer_at = at;
+/// The loop itself. A function returning a block, not an `async fn`: an
+/// `async fn` keeps a second copy of its arguments in its state, and this
+/// state lives as long as the connection.
+#[allow(clippy::manual_async_fn)] // on purpose, see above
+fn drive<W: Wire>(
+    mut wire: W,
+    node: Arc<Node>,
+    start: Start,
+    span: tracing::Span,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let transport = start.transport;
+        let _open = crate::metrics::connection_opened("centrifugo", transport.name());
+        let sink = node.hub.open_queue();
+        let mut session = Session::new(
+            node.clone(),
+            transport,
+            start.encoding,
+            sink.clone(),
+            start.session_id,
+            start.headers,
+        );
+        span.record("client", session.client());
+        session.resume_from(start.resume_from);
+        let settings = &node.settings;
+        let write_interval = node.hub.options().write_interval;
+        let began = Instant::now();
+        let far = began + Duration::from_secs(365 * 24 * 3600);
+        let mut deadlines = Deadlines {
+            handshake: began + settings.handshake_timeout,
+            next_ping: began + settings.ping_interval,
+            pong: None,
+            hold: None,
+        };
+        let mut timer = pin!(tokio::time::sleep_until(far));
+        let mut timer_at = far;
+        let mut batch = Vec::new();
+        let mut out = Outbox::new(start.encoding, transport.framing());
+        let mut first_frame = start.first_frame;
+        let result: Result<(), Disconnect> = loop {
+            let was_connected = session.is_connected();
+            let mut delivered = false;
+            let step: Result<(), Disconnect> = if let Some(frame) = first_frame.take() {
+                Box::pin(session.handle_frame(&frame, &mut out)).await
+            } else {
+                let at = next_deadline(&session, &deadlines, far);
+                if at != timer_at {
+                    timer.as_mut().reset(at);
+                    timer_at = at;
+                }
+                let holding = deadlines.hold.is_some();
+                let event = poll_fn(|cx| {
+                    if let Poll::Ready(inbound) = wire.poll_recv(cx) {
+                        return Poll::Ready(Event::Inbound(inbound));
+                    }
+                    if !holding {
+                        if let Poll::Ready(taken) = sink.poll_take(cx, &mut batch) {
+                            return Poll::Ready(Event::Deliveries(taken));
+                        }
+                    }
+                    match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Event::Timer),
+                        Poll::Pending => Poll::Pending,
+                    }
+                })
+                .await;
+                match event {
+                    Event::Inbound(Inbound::Frame(frame)) => {
+                        Box::pin(session.handle_frame(&frame, &mut out)).await
+                    }
+                    Event::Inbound(Inbound::Gone) => break Ok(()),
+                    Event::Inbound(Inbound::Broken(code, reason)) => Err((code, reason.to_owned())),
+                    Event::Deliveries(Ok(())) => {
+                        delivered = true;
+                        deliver(&mut session, &mut batch, &mut out).await
+                    }
+                    Event::Deliveries(Err(reason)) => Err(to_disconnect(match reason {
+                        r if r == SHUTTING_DOWN => disconnect::SHUTDOWN,
+                        r if r == ENGINE_RESET => disconnect::INSUFFICIENT_STATE,
+                        _ => disconnect::SLOW,
+                    })),
+                    Event::Timer => {
+                        on_timer(&mut session, &mut deadlines, &node, transport, &mut out).await
+                    }
+                }
+            };
+            if !was_connected && session.is_connected() {
+                span.record("user", session.user());
+                tracing::debug!("connected");
             }
-            let holding = deadlines.hold.is_some();
-            let event = poll_fn(|cx| {
-                if let Poll::Ready(inbound) = wire.poll_recv(cx) {
-                    return Poll::Ready(Event::Inbound(inbound));
+            if session.got_pong {
+                deadlines.pong = None;
+            }
+            if let Err((code, reason)) = &step {
+                if transport.disconnect_in_band() {
+                    session.write_disconnect(*code, reason, &mut out);
                 }
-                if !holding {
-                    if let Poll::Ready(taken) = sink.poll_take(cx, &mut batch) {
-                        return Poll::Ready(Event::Deliveries(taken));
-                    }
+            }
+            if !out.is_empty() {
+                if !wire.send(out.take()).await {
+                    break Ok(());
                 }
-                if let Poll::Ready(Some(control)) = controls.poll_recv(cx) {
-                    return Poll::Ready(Event::Control(control));
+                if delivered && !write_interval.is_zero() {
+                    deadlines.hold = Some(Instant::now() + write_interval);
                 }
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Event::Timer),
-                    Poll::Pending => Poll::Pending,
-                }
-            })
-            .await;
-            match event {
-                Event::Inbound(Inbound::Frame(frame)) => {
-                    Box::pin(session.handle_frame(&frame, &mut out)).await
-                }
-                Event::Inbound(Inbound::Gone) => break Ok(()),
-                Event::Inbound(Inbound::Broken(code, reason)) => Err((code, reason.to_owned())),
-                Event::Deliveries(Ok(())) => {
-                    for d in batch.drain(..) {
-                        session.push(d, &mut out);
-                    }
-                    delivered = true;
-                    Ok(())
-                }
-                Event::Deliveries(Err(reason)) => Err(to_disconnect(match reason {
-                    r if r == SHUTTING_DOWN => disconnect::SHUTDOWN,
-                    r if r == ENGINE_RESET => disconnect::INSUFFICIENT_STATE,
-                    _ => disconnect::SLOW,
-                })),
-                Event::Control(control) => Box::pin(session.control(control, &mut out)).await,
-                Event::Timer => {
-                    on_timer(&mut session, &mut deadlines, &node, transport, &mut out).await
-                }
+            }
+            if let Err(d) = step {
+                break Err(d);
             }
         };
-        if !was_connected && session.is_connected() {
-            span.record("user", session.user());
-            tracing::debug!("connected");
-        }
-        if session.got_pong {
-            deadlines.pong = None;
-        }
-        if let Err((code, reason)) = &step {
-            if transport.disconnect_in_band() {
-                session.write_disconnect(*code, reason, &mut out);
+        // The close frame goes out before the session counts as ended: a
+        // shutdown waits for sessions to end, then the process exits.
+        match &result {
+            Ok(()) => tracing::debug!("client went away"),
+            Err((code, reason)) => {
+                tracing::debug!(code, %reason, "disconnecting");
+                crate::metrics::disconnect(transport.name(), *code, reason);
+                // Boxed: only a closing connection needs its room.
+                Box::pin(wire.close(*code, reason)).await;
             }
         }
-        if !out.is_empty() {
-            if !wire.send(out.take()).await {
-                break Ok(());
-            }
-            if delivered && !write_interval.is_zero() {
-                deadlines.hold = Some(Instant::now() + write_interval);
-            }
-        }
-        if let Err(d) = step {
-            break Err(d);
-        }
-    };
-    // The close frame goes out before the session counts as ended: a
-    // shutdown waits for sessions to end, then the process exits.
-    match &result {
-        Ok(()) => tracing::debug!("client went away"),
-        Err((code, reason)) => {
-            tracing::debug!(code, %reason, "disconnecting");
-            crate::metrics::disconnect(transport.name(), *code, reason);
-            wire.close(*code, reason).await;
+        session.ended(result.as_ref().err());
+    }
+}
+
+/// Pushes a batch of deliveries, in order, and carries out server controls
+/// among them (one may end the connection: the rest is dropped).
+async fn deliver(
+    session: &mut Session,
+    batch: &mut Vec<Delivery>,
+    out: &mut Outbox,
+) -> Result<(), Disconnect> {
+    let mut result = Ok(());
+    for d in batch.drain(..) {
+        match d {
+            _ if result.is_err() => {}
+            Delivery::Control(control) => result = Box::pin(session.control(control, out)).await,
+            d => session.push(d, out),
         }
     }
-    session.ended(result.as_ref().err());
+    result
 }
 
 /// The earliest deadline that applies now.

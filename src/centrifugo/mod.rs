@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::jwt::TrustedKey;
 use crate::config::CentrifugoSettings;
-use crate::hub::Hub;
+use crate::hub::{Delivery, Hub, Offer, Sink};
 use crate::integration::proxy::Proxy;
 use crate::integration::webhooks::Webhooks;
 use crate::limits::{KeyedRateLimiter, LimitSettings, Refusal};
@@ -150,11 +150,11 @@ pub enum Control {
     Refresh(Option<u64>),
 }
 
-/// A registered connection.
+/// A registered connection: controls reach it through its queue.
 #[derive(Clone)]
 struct Registered {
     user: String,
-    control: mpsc::UnboundedSender<Control>,
+    sink: Arc<Sink>,
 }
 
 /// Shared state of all Centrifugo connections on this node.
@@ -254,7 +254,7 @@ impl Node {
 
     /// Registers a connected client; false when its (authenticated) user
     /// already has `limits.max_connections_per_user` connections here.
-    fn register(&self, client: &str, user: &str, control: mpsc::UnboundedSender<Control>) -> bool {
+    fn register(&self, client: &str, user: &str, sink: Arc<Sink>) -> bool {
         let mut clients = self.clients.lock();
         let mut users = self.users.lock();
         if let Some(max) = self.limits.max_connections_per_user {
@@ -267,7 +267,7 @@ impl Node {
             client.to_owned(),
             Registered {
                 user: user.to_owned(),
-                control,
+                sink,
             },
         );
         users
@@ -300,13 +300,13 @@ impl Node {
     /// Sends `control` to the user's connections on this node (or only to
     /// `client`); returns how many received it.
     pub fn control(&self, user: &str, client: Option<&str>, control: Control) -> usize {
-        let targets: Vec<mpsc::UnboundedSender<Control>> = {
+        let targets: Vec<Arc<Sink>> = {
             let clients = self.clients.lock();
             match client.filter(|c| !c.is_empty()) {
                 Some(c) => clients
                     .get(c)
                     .filter(|r| r.user == user)
-                    .map(|r| r.control.clone())
+                    .map(|r| r.sink.clone())
                     .into_iter()
                     .collect(),
                 None => self
@@ -315,13 +315,13 @@ impl Node {
                     .get(user)
                     .into_iter()
                     .flatten()
-                    .filter_map(|c| clients.get(c).map(|r| r.control.clone()))
+                    .filter_map(|c| clients.get(c).map(|r| r.sink.clone()))
                     .collect(),
             }
         };
         targets
             .into_iter()
-            .filter(|t| t.send(control.clone()).is_ok())
+            .filter(|t| t.offer(Delivery::Control(control.clone())) == Offer::Queued)
             .count()
     }
 

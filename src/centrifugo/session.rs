@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use super::{Control, Node, Transport};
 use crate::auth::centrifugo::{self as tokens, TokenError};
@@ -143,7 +142,6 @@ pub struct Session {
     resume_from: Vec<ChannelPosition>,
     /// Recovered publications a `uni_sse` connect sends as events of their own.
     replay: Vec<Arc<Publication>>,
-    control_tx: mpsc::UnboundedSender<Control>,
     /// Request headers forwarded to proxies.
     headers: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
     /// Wildcard subscriptions held (their deliveries need matching).
@@ -164,7 +162,7 @@ fn now_secs() -> u64 {
 impl Session {
     /// A new, not yet connected session over `transport`, writing to
     /// `sink`; `session_id` is the id emulated and unidirectional clients
-    /// are given. Controls arrive on the returned receiver once connected.
+    /// are given. Server controls arrive through `sink` once connected.
     pub fn new(
         node: Arc<Node>,
         transport: Transport,
@@ -172,9 +170,8 @@ impl Session {
         sink: Arc<Sink>,
         session_id: String,
         headers: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
-    ) -> (Session, mpsc::UnboundedReceiver<Control>) {
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let session = Session {
+    ) -> Session {
+        Session {
             publish_rate: node.limits.publish_rate.map(RateLimiter::new),
             node,
             transport,
@@ -186,13 +183,11 @@ impl Session {
             subs: HashMap::new(),
             resume_from: Vec::new(),
             replay: Vec::new(),
-            control_tx,
             headers,
             patterns: 0,
             last_pattern_seq: 0,
             got_pong: false,
-        };
-        (session, control_rx)
+        }
     }
 
     /// Recover these channels from these positions when connecting
@@ -406,7 +401,7 @@ impl Session {
         };
         if !self
             .node
-            .register(&self.client, &token.user, self.control_tx.clone())
+            .register(&self.client, &token.user, self.sink.clone())
         {
             return Err(close(disconnect::CONNECTION_LIMIT));
         }
@@ -1190,6 +1185,8 @@ impl Session {
             }
             Delivery::Join(channel, info) => self.push_presence(&channel, &info, true, out),
             Delivery::Leave(channel, info) => self.push_presence(&channel, &info, false, out),
+            // Async: the connection loop hands them to `Session::control`.
+            Delivery::Control(_) => {}
         }
     }
 

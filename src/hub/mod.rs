@@ -101,6 +101,8 @@ pub enum Delivery {
     Join(Arc<str>, Arc<ClientInfo>),
     /// A client left a channel.
     Leave(Arc<str>, Arc<ClientInfo>),
+    /// A server API command for this connection (Centrifugo).
+    Control(Control),
 }
 
 struct Subscriber {

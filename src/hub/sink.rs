@@ -91,7 +91,7 @@ pub enum Offer {
 fn queued_cost(d: &Delivery) -> usize {
     match d {
         Delivery::Publication(p) => p.draft.data.len() + 64,
-        Delivery::Join(..) | Delivery::Leave(..) => 0,
+        Delivery::Join(..) | Delivery::Leave(..) | Delivery::Control(_) => 0,
     }
 }
 

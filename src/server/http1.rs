@@ -32,7 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 
-use crate::transport::live::{Chunks, LiveBody, Socket, Upgrade};
+use crate::transport::live::{Chunks, LiveBody, OnUpgrade, Socket, Upgrade};
 
 /// A request head longer than this goes to hyper (ours are a few hundred
 /// bytes; hyper answers oversized heads properly).
@@ -55,31 +55,59 @@ pub(super) struct Conn {
 /// the connection (from its first request, or after a short answer), and
 /// `None` when the connection is finished.
 pub(super) async fn serve_first(mut stream: TcpStream, conn: Conn) -> Option<(TcpStream, Bytes)> {
+    let stall_timeout = conn.stall_timeout;
+    // Boxed: answering needs room (the request, the router's future) only
+    // for a moment, and this task lives as long as the connection.
+    match Box::pin(answer(&mut stream, conn)).await {
+        Answered::Hyper(read) => Some((stream, read)),
+        Answered::Upgraded(on_upgrade, read_ahead) => {
+            on_upgrade(Socket::Tcp(stream), read_ahead).await;
+            None
+        }
+        Answered::Streaming(chunks) => {
+            write_chunks(&mut stream, chunks, stall_timeout).await;
+            None
+        }
+        Answered::Closed => None,
+    }
+}
+
+/// What is left to do once the first request is answered.
+enum Answered {
+    /// Hyper serves the connection, these bytes first.
+    Hyper(Bytes),
+    /// The head of a 101 is out: run the protocol on the socket.
+    Upgraded(OnUpgrade, Bytes),
+    /// The head is out: write these chunks.
+    Streaming(Chunks),
+    /// Nothing: the client went away.
+    Closed,
+}
+
+async fn answer(stream: &mut TcpStream, conn: Conn) -> Answered {
     let mut buf = BytesMut::with_capacity(4096);
-    let head = tokio::time::timeout(conn.header_timeout, read_head(&mut stream, &mut buf)).await;
+    let head = tokio::time::timeout(conn.header_timeout, read_head(stream, &mut buf)).await;
     let (mut req, head_len) = match head {
         Ok(Ok(Some(parsed))) => parsed,
-        Ok(Ok(None)) => return Some((stream, buf.freeze())),
+        Ok(Ok(None)) => return Answered::Hyper(buf.freeze()),
         // The client went away, or its head did not arrive in time.
-        Ok(Err(_)) | Err(_) => return None,
+        Ok(Err(_)) | Err(_) => return Answered::Closed,
     };
     // Copied out: a slice of `buf` would keep its whole allocation alive
     // for as long as the connection lives.
     let read_ahead = Bytes::copy_from_slice(&buf[head_len..]);
     drop(buf);
     req.extensions_mut().insert(ConnectInfo(conn.peer));
-    // Boxed: the handler's future is large and lives only for the request,
-    // while this task lives as long as the connection.
-    let Ok(mut res) = Box::pin(conn.router.oneshot(req)).await;
+    let Ok(mut res) = conn.router.oneshot(req).await;
     let upgrade = Upgrade::take(&mut res);
     let live = LiveBody::take(&mut res);
     let (head, body) = res.into_parts();
     if let Some(on_upgrade) = upgrade {
         if head.status == StatusCode::SWITCHING_PROTOCOLS {
-            write_head(&mut stream, &head, Framing::None).await.ok()?;
-            drop(head);
-            on_upgrade(Socket::Tcp(stream), read_ahead).await;
-            return None;
+            return match write_head(stream, &head, Framing::None).await {
+                Ok(()) => Answered::Upgraded(on_upgrade, read_ahead),
+                Err(_) => Answered::Closed,
+            };
         }
     }
     let chunks: Chunks = match live {
@@ -87,12 +115,17 @@ pub(super) async fn serve_first(mut stream: TcpStream, conn: Conn) -> Option<(Tc
         None => match body.size_hint().exact() {
             Some(len) => {
                 // A short answer (an error, usually); hyper serves the rest.
-                write_head(&mut stream, &head, Framing::Length(len))
-                    .await
-                    .ok()?;
-                let body = axum::body::to_bytes(body, usize::MAX).await.ok()?;
-                stream.write_all(&body).await.ok()?;
-                return Some((stream, read_ahead));
+                let written = async {
+                    write_head(stream, &head, Framing::Length(len)).await?;
+                    let body = axum::body::to_bytes(body, usize::MAX)
+                        .await
+                        .map_err(io::Error::other)?;
+                    stream.write_all(&body).await
+                };
+                return match written.await {
+                    Ok(()) => Answered::Hyper(read_ahead),
+                    Err(_) => Answered::Closed,
+                };
             }
             // Any other streaming body ends at its first error.
             None => Box::pin(
@@ -102,12 +135,10 @@ pub(super) async fn serve_first(mut stream: TcpStream, conn: Conn) -> Option<(Tc
             ),
         },
     };
-    write_head(&mut stream, &head, Framing::Chunked)
-        .await
-        .ok()?;
-    drop(head);
-    write_chunks(&mut stream, chunks, conn.stall_timeout).await;
-    None
+    match write_head(stream, &head, Framing::Chunked).await {
+        Ok(()) => Answered::Streaming(chunks),
+        Err(_) => Answered::Closed,
+    }
 }
 
 /// Reads until a whole request head is in `buf`. `Some` with the request
@@ -293,7 +324,8 @@ async fn write_all_vectored(
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match tokio::time::timeout(stall_timeout, stream.writable()).await {
+                // Boxed: the timer is needed only when the client lags.
+                match Box::pin(tokio::time::timeout(stall_timeout, stream.writable())).await {
                     Ok(Ok(())) => {}
                     _ => return false,
                 }

@@ -41,7 +41,7 @@ use crate::protocol::centrifuge::Encoding;
 
 /// Initial read buffer of a WebSocket: most client frames are small
 /// commands; larger ones grow it up to `centrifugo.max_frame`.
-const READ_BUFFER: usize = 4096;
+const READ_BUFFER: usize = 512;
 
 /// Subprotocols we speak, in order of preference.
 const PROTOCOLS: [&str; 2] = ["centrifuge-protobuf", "centrifuge-json"];
