@@ -7,7 +7,10 @@
 //! order it arrived. A subscriber that joined a channel expects every
 //! sequence number published on it while it was subscribed.
 
+use std::sync::LazyLock;
+
 use hdrhistogram::Histogram;
+use memchr::memmem::Finder;
 
 /// The payload marker of a sequence number: `"seq":123`.
 pub const SEQ_MARK: &[u8] = b"\"seq\":";
@@ -97,12 +100,16 @@ impl Tally {
 /// followed by `"t":T`. Works on any framing (SSE events, WebSocket
 /// messages, JSON wrappers) as long as the chunk holds whole messages.
 pub fn scan(chunk: &[u8], mut found: impl FnMut(u64, u64)) {
+    // Built once: building a searcher costs more than most searches.
+    static SEQ: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(SEQ_MARK));
+    static TIME: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(TIME_MARK));
     let mut rest = chunk;
-    while let Some(at) = find(rest, SEQ_MARK) {
+    while let Some(at) = SEQ.find(rest) {
         rest = &rest[at + SEQ_MARK.len()..];
         let (seq, used) = number(rest);
         rest = &rest[used..];
-        let time = match find(rest, TIME_MARK) {
+        let near = &rest[..rest.len().min(8 + TIME_MARK.len())];
+        let time = match TIME.find(near) {
             Some(t) if t < 8 => {
                 let (time, used) = number(&rest[t + TIME_MARK.len()..]);
                 rest = &rest[t + TIME_MARK.len() + used..];
@@ -112,10 +119,6 @@ pub fn scan(chunk: &[u8], mut found: impl FnMut(u64, u64)) {
         };
         found(seq, time);
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(haystack, needle)
 }
 
 fn number(bytes: &[u8]) -> (u64, usize) {

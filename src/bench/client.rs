@@ -1,21 +1,22 @@
 //! The benchmark's subscribers and publishers, kept cheap: the bench shares
 //! the machine with the server, so every cycle it spends is one the server
-//! cannot use. Subscribers never parse what they receive beyond finding
-//! the `"seq":` and `"t":` markers of each delivery (`accounting::scan`).
+//! cannot use. Subscribers read their sockets directly (no HTTP or
+//! WebSocket library per message: see [`super::wire`]) and never parse what
+//! they receive beyond finding the `"seq":` and `"t":` markers of each
+//! delivery (`accounting::scan`). Latencies are kept as plain numbers and
+//! put in a histogram once a step is over.
 
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
 use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::accounting::{latency_histogram, scan, Tally};
+use super::accounting::{scan, Tally};
+use super::wire::{client_frame, Frames, Lines, Op, Responses};
 use super::BenchError;
 
 /// Microseconds since the Unix epoch.
@@ -31,24 +32,22 @@ pub fn now_us() -> u64 {
 pub struct Received {
     /// Its channel's deliveries.
     pub tally: Tally,
-    /// Latencies in microseconds (created at the first delivery).
-    pub latencies: Option<hdrhistogram::Histogram<u64>>,
-    /// Bytes read after the subscription was set up.
+    /// Latencies in microseconds, in arrival order.
+    pub latencies: Vec<u32>,
+    /// Bytes read off the socket after the subscription was set up
+    /// (framing included: chunk sizes, WebSocket headers).
     pub bytes: u64,
 }
 
 impl Received {
-    fn record(&mut self, chunk: &[u8]) {
-        self.bytes += chunk.len() as u64;
-        let now = now_us();
+    fn record_all(&mut self, payload: &[u8], now: u64) {
         let Received {
             tally, latencies, ..
         } = self;
-        scan(chunk, |seq, sent| {
+        scan(payload, |seq, sent| {
             tally.record(seq);
             if sent > 0 {
-                let h = latencies.get_or_insert_with(latency_histogram);
-                let _ = h.record(now.saturating_sub(sent).max(1));
+                latencies.push(now.saturating_sub(sent).clamp(1, u64::from(u32::MAX)) as u32);
             }
         });
     }
@@ -59,7 +58,7 @@ impl Received {
     pub fn take(&mut self) -> Received {
         let taken = Received {
             tally: self.tally.clone(),
-            latencies: self.latencies.take(),
+            latencies: std::mem::take(&mut self.latencies),
             bytes: self.bytes,
         };
         self.tally.reset_counts();
@@ -104,42 +103,34 @@ pub struct Subscriber {
 pub async fn subscribe(how: &Subscribe, stop: CancellationToken) -> Result<Subscriber, BenchError> {
     let started = Instant::now();
     let received = Arc::new(Mutex::new(Received::default()));
+    let sink = received.clone();
     match how {
         Subscribe::Sse { url, headers } => {
-            let uri: hyper::Uri = url
-                .parse()
-                .map_err(|e| BenchError::Target(format!("{url}: {e}")))?;
-            let mut sender = dial(&uri).await?;
-            let mut req = hyper::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
-                .header("host", uri.authority().map_or("", |a| a.as_str()))
-                .header("accept", "text/event-stream");
+            let (mut tcp, authority, path) = connect(url).await?;
+            let mut req = format!(
+                "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: text/event-stream\r\n"
+            );
             for (k, v) in headers {
-                req = req.header(k, v);
+                req.push_str(&format!("{k}: {v}\r\n"));
             }
-            let req = req
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| BenchError::Target(e.to_string()))?;
-            let res = sender.send_request(req).await.map_err(BenchError::io)?;
-            if !res.status().is_success() {
-                return Err(BenchError::Target(format!("{url}: HTTP {}", res.status())));
+            req.push_str("\r\n");
+            tcp.write_all(req.as_bytes()).await.map_err(BenchError::io)?;
+            let (status, body) = read_head(&mut tcp).await?;
+            if !(200..300).contains(&status) {
+                return Err(BenchError::Target(format!("{url}: HTTP {status}")));
             }
             let connect_time = started.elapsed();
-            let mut body = res.into_body();
-            let sink = received.clone();
             tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        frame = body.frame() => match frame {
-                            Some(Ok(f)) => {
-                                if let Some(data) = f.data_ref() {
-                                    sink.lock().record(data);
-                                }
-                            }
-                            _ => return,
-                        },
-                        _ = stop.cancelled() => return,
-                    }
-                }
+                let mut lines = Lines::default();
+                let mut on = |bytes: &[u8]| {
+                    let now = now_us();
+                    let mut r = sink.lock();
+                    r.bytes += bytes.len() as u64;
+                    lines.feed(bytes, |line| r.record_all(line, now));
+                    true
+                };
+                on(&body);
+                read_until_stopped(&tcp, stop, on).await;
             });
             Ok(Subscriber {
                 received,
@@ -152,57 +143,79 @@ pub async fn subscribe(how: &Subscribe, stop: CancellationToken) -> Result<Subsc
             ready_replies,
             pong,
         } => {
-            // Small buffers: ten thousand idle clients must fit beside the server.
-            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-                .read_buffer_size(4096)
-                .write_buffer_size(0);
-            let (mut ws, _) =
-                tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
-                    .await
-                    .map_err(|e| BenchError::Target(format!("{url}: {e}")))?;
-            for m in init {
-                ws.send(Message::text(m.clone()))
-                    .await
-                    .map_err(|e| BenchError::Target(e.to_string()))?;
+            let (mut tcp, authority, path) = connect(url).await?;
+            let key = {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes())
+            };
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            );
+            tcp.write_all(req.as_bytes()).await.map_err(BenchError::io)?;
+            let (status, mut pending) = read_head(&mut tcp).await?;
+            if status != 101 {
+                return Err(BenchError::Target(format!("{url}: HTTP {status}, not a WebSocket")));
             }
+            for m in init {
+                tcp.write_all(&client_frame(0x1, m.as_bytes()))
+                    .await
+                    .map_err(BenchError::io)?;
+            }
+            // Read until the subscription is confirmed; deliveries that
+            // follow the replies in the same read already count.
+            let mut frames = Frames::default();
             let mut replies = 0;
-            while replies < *ready_replies {
-                match ws.next().await {
-                    Some(Ok(Message::Text(t))) => {
-                        if t.contains("\"error\"") {
-                            return Err(BenchError::Target(format!("{url}: {t}")));
+            let mut answers = Vec::new();
+            let pong = *pong;
+            loop {
+                let mut error = None;
+                let now = now_us();
+                let ok = frames.feed(&pending, |op, payload| {
+                    if replies >= *ready_replies {
+                        on_frame(op, payload, pong, &mut sink.lock(), now, &mut answers);
+                    } else if op == Op::Data {
+                        let text = String::from_utf8_lossy(payload);
+                        replies += text.lines().filter(|l| l.contains("\"id\"")).count();
+                        if text.contains("\"error\"") {
+                            error = Some(text.into_owned());
                         }
-                        replies += t.lines().filter(|l| l.contains("\"id\"")).count();
                     }
-                    Some(Ok(_)) => {}
-                    _ => {
-                        return Err(BenchError::Target(format!(
-                            "{url}: closed while subscribing"
-                        )))
-                    }
+                });
+                if let Some(e) = error {
+                    return Err(BenchError::Target(format!("{url}: {e}")));
+                }
+                if !ok {
+                    return Err(BenchError::Target(format!("{url}: bad frame")));
+                }
+                if replies >= *ready_replies {
+                    break;
+                }
+                pending = read_some(&mut tcp).await?;
+                if pending.is_empty() {
+                    return Err(BenchError::Target(format!("{url}: closed while subscribing")));
                 }
             }
             let connect_time = started.elapsed();
-            let sink = received.clone();
-            let pong = *pong;
             tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        msg = ws.next() => match msg {
-                            Some(Ok(Message::Text(t))) => {
-                                if pong && t.as_str() == "{}" {
-                                    let _ = ws.send(Message::text("{}")).await;
-                                    continue;
-                                }
-                                sink.lock().record(t.as_bytes());
-                            }
-                            Some(Ok(Message::Binary(b))) => sink.lock().record(&b),
-                            Some(Ok(_)) => {}
-                            _ => return,
-                        },
-                        _ = stop.cancelled() => return,
+                let on = |bytes: &[u8]| {
+                    let now = now_us();
+                    let mut closed = false;
+                    {
+                        let mut r = sink.lock();
+                        r.bytes += bytes.len() as u64;
+                        let ok = frames.feed(bytes, |op, payload| {
+                            closed |= on_frame(op, payload, pong, &mut r, now, &mut answers);
+                        });
+                        closed |= !ok;
                     }
-                }
+                    for answer in answers.drain(..) {
+                        // Tiny and rare: the socket always has room.
+                        let _ = tcp.try_write(&answer);
+                    }
+                    !closed
+                };
+                read_until_stopped(&tcp, stop, on).await;
             });
             Ok(Subscriber {
                 received,
@@ -212,18 +225,100 @@ pub async fn subscribe(how: &Subscribe, stop: CancellationToken) -> Result<Subsc
     }
 }
 
-async fn dial(uri: &hyper::Uri) -> Result<http1::SendRequest<Full<Bytes>>, BenchError> {
+/// Handles one frame from the server; true when it is a close.
+fn on_frame(
+    op: Op,
+    payload: &[u8],
+    pong: bool,
+    r: &mut Received,
+    now: u64,
+    answers: &mut Vec<Vec<u8>>,
+) -> bool {
+    match op {
+        Op::Data if pong && payload == b"{}" => answers.push(client_frame(0x1, b"{}")),
+        Op::Data => r.record_all(payload, now),
+        Op::Ping => answers.push(client_frame(0xA, payload)),
+        Op::Close => return true,
+        Op::Other => {}
+    }
+    false
+}
+
+/// Reads until the server closes, `on` says stop, or `stop` fires. Reads
+/// go into a buffer on the stack: ten thousand idle subscribers hold no
+/// read buffer.
+async fn read_until_stopped(
+    tcp: &TcpStream,
+    stop: CancellationToken,
+    mut on: impl FnMut(&[u8]) -> bool,
+) {
+    loop {
+        tokio::select! {
+            ready = tcp.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 16 * 1024];
+                match tcp.try_read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if !on(&buf[..n]) {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Dials a URL's host; returns the socket, the authority and the path.
+async fn connect(url: &str) -> Result<(TcpStream, String, String), BenchError> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| BenchError::Target(format!("{url}: {e}")))?;
     let host = uri.host().unwrap_or("127.0.0.1");
     let port = uri.port_u16().unwrap_or(80);
     let tcp = TcpStream::connect((host, port))
         .await
         .map_err(BenchError::io)?;
     let _ = tcp.set_nodelay(true);
-    let (sender, conn) = http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .map_err(BenchError::io)?;
-    tokio::spawn(conn);
-    Ok(sender)
+    let authority = uri.authority().map_or_else(String::new, |a| a.to_string());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    Ok((tcp, authority, path))
+}
+
+/// Reads a response head; returns its status and the bytes after it.
+async fn read_head(tcp: &mut TcpStream) -> Result<(u16, Vec<u8>), BenchError> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let chunk = read_some(tcp).await?;
+        if chunk.is_empty() {
+            return Err(BenchError::Target("closed before answering".into()));
+        }
+        buf.extend_from_slice(&chunk);
+        if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
+            let status = std::str::from_utf8(&buf[..end])
+                .ok()
+                .and_then(|head| head.split(' ').nth(1))
+                .and_then(|code| code.parse().ok())
+                .ok_or_else(|| BenchError::Target("not an HTTP response".into()))?;
+            return Ok((status, buf.split_off(end + 4)));
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(BenchError::Target("response head too long".into()));
+        }
+    }
+}
+
+async fn read_some(tcp: &mut TcpStream) -> Result<Vec<u8>, BenchError> {
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).await.map_err(BenchError::io)?;
+    buf.truncate(n);
+    Ok(buf)
 }
 
 /// How a publication is sent.
@@ -238,33 +333,95 @@ pub struct Publish {
     pub headers: Vec<(String, String)>,
 }
 
+/// Most requests a publisher has in flight on its connection.
+const PIPELINE: usize = 64;
+
+/// Called when the server accepted a publication (a 2xx answer).
+type OnAccepted = Box<dyn FnOnce() + Send>;
+
 /// One keep-alive connection that publishes, in order, what it is given.
+/// Requests are pipelined (HTTP/1.1: the server answers them in order), up
+/// to [`PIPELINE`] at a time, so the publish rate is not bounded by one
+/// round trip per publication, and a busy server shows as a rate not
+/// achieved rather than as a slow bench. A connection the server closes is
+/// dialed again; what was in flight on it counts as not accepted.
 pub struct Publisher {
     how: Publish,
     /// Request path of each channel, worked out once.
     paths: std::collections::HashMap<String, String>,
-    sender: http1::SendRequest<Full<Bytes>>,
     authority: String,
+    conn: Pipeline,
+}
+
+/// A publishing connection: requests go out on `writer`, a task reads the
+/// answers and calls back, in order.
+struct Pipeline {
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    in_flight: Arc<Mutex<std::collections::VecDeque<OnAccepted>>>,
+    room: Arc<tokio::sync::Semaphore>,
+    closed: CancellationToken,
+}
+
+impl Pipeline {
+    async fn open(url: &str) -> Result<(Pipeline, String), BenchError> {
+        let (tcp, authority, _) = connect(url).await?;
+        let (mut reader, writer) = tcp.into_split();
+        let in_flight: Arc<Mutex<std::collections::VecDeque<OnAccepted>>> = Default::default();
+        let room = Arc::new(tokio::sync::Semaphore::new(PIPELINE));
+        let closed = CancellationToken::new();
+        let (queue, permits, done) = (in_flight.clone(), room.clone(), closed.clone());
+        tokio::spawn(async move {
+            let mut responses = Responses::default();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let ok = responses.feed(&buf[..n], |status| {
+                    let answered = queue.lock().pop_front();
+                    if let Some(on_accepted) = answered {
+                        if (200..300).contains(&status) {
+                            on_accepted();
+                        }
+                    }
+                    permits.add_permits(1);
+                });
+                if !ok {
+                    break;
+                }
+            }
+            // What is still in flight will not be answered.
+            queue.lock().clear();
+            done.cancel();
+            permits.close();
+        });
+        let pipeline = Pipeline {
+            writer,
+            in_flight,
+            room,
+            closed,
+        };
+        Ok((pipeline, authority))
+    }
 }
 
 impl Publisher {
     /// Connects to the publish URL's server.
     pub async fn connect(how: Publish) -> Result<Publisher, BenchError> {
-        let probe = how.url.replace("{channel}", "x");
-        let uri: hyper::Uri = probe
-            .parse()
-            .map_err(|e| BenchError::Target(format!("{probe}: {e}")))?;
-        let sender = dial(&uri).await?;
+        let (conn, authority) = Pipeline::open(&how.url.replace("{channel}", "x")).await?;
         Ok(Publisher {
             paths: Default::default(),
-            authority: uri.authority().map_or(String::new(), |a| a.to_string()),
+            authority,
             how,
-            sender,
+            conn,
         })
     }
 
-    /// Publishes `payload` on `channel`; true when the server accepted it.
-    pub async fn publish(&mut self, channel: &str, payload: &str) -> bool {
+    /// Sends `payload` to `channel` (waiting only while [`PIPELINE`]
+    /// requests are unanswered); `on_accepted` runs when the server
+    /// accepts it. False when the server cannot be reached.
+    pub async fn publish(&mut self, channel: &str, payload: &str, on_accepted: OnAccepted) -> bool {
         let path = self
             .paths
             .entry(channel.to_owned())
@@ -284,23 +441,31 @@ impl Publisher {
             );
         }
         let body = body.replace("{payload}", payload);
-        let mut req = hyper::Request::post(path).header("host", &self.authority);
+        let mut req = format!("POST {path} HTTP/1.1\r\nHost: {}\r\n", self.authority);
         for (k, v) in &self.how.headers {
-            req = req.header(k, v);
+            req.push_str(&format!("{k}: {v}\r\n"));
         }
-        let Ok(req) = req.body(Full::new(Bytes::from(body))) else {
-            return false;
-        };
-        if self.sender.ready().await.is_err() {
-            return false;
-        }
-        match self.sender.send_request(req).await {
-            Ok(res) => {
-                let ok = res.status().is_success();
-                let _ = res.into_body().collect().await;
-                ok
+        req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        if self.conn.closed.is_cancelled() {
+            match Pipeline::open(&self.how.url.replace("{channel}", channel)).await {
+                Ok((conn, _)) => self.conn = conn,
+                Err(_) => return false,
             }
-            Err(_) => false,
+        }
+        let room = tokio::time::timeout(Duration::from_secs(10), self.conn.room.acquire()).await;
+        match room {
+            Ok(Ok(permit)) => permit.forget(),
+            _ => return false,
+        }
+        self.conn.in_flight.lock().push_back(on_accepted);
+        self.conn.writer.write_all(req.as_bytes()).await.is_ok()
+    }
+
+    /// Waits until every request sent has its answer (at most `wait`).
+    pub async fn drain(&self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while !self.conn.in_flight.lock().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }

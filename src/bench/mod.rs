@@ -21,6 +21,7 @@ pub mod accounting;
 pub mod client;
 pub mod procstat;
 pub mod report;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -383,16 +384,20 @@ async fn run_step(
         tasks.push(async move {
             let mut next_seq = first_seqs;
             for k in 0..share {
-                // Paced: publication k goes out at k / its share of the rate.
-                let due = started + duration.mul_f64(k as f64 / share as f64);
+                // Paced: publication k goes out at k / its share of the
+                // rate, publishers staggered over one period (not all at
+                // the same instant, which would be a burst).
+                let due = started + duration.mul_f64((k as f64 + i as f64 / n as f64) / share as f64);
                 tokio::time::sleep_until(due.into()).await;
                 let slot = (k as usize) % channels.len();
                 next_seq[slot] += 1;
                 let body = payload(next_seq[slot], now_us(), size);
-                if publisher.publish(&names[channels[slot]], &body).await {
-                    expected.lock()[channels[slot]] += 1;
-                }
+                let (expected, channel) = (expected.clone(), channels[slot]);
+                let on_accepted = Box::new(move || expected.lock()[channel] += 1);
+                // Not accepted: not expected either (the server refused it).
+                publisher.publish(&names[channel], &body, on_accepted).await;
             }
+            publisher.drain(Duration::from_secs(10)).await;
             (channels, next_seq)
         });
     }

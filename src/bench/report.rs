@@ -230,8 +230,8 @@ impl Step {
             dup += r.tally.duplicates;
             reord += r.tally.reordered;
             bytes += r.bytes;
-            if let Some(h) = &r.latencies {
-                let _ = latencies.add(h);
+            for us in &r.latencies {
+                let _ = latencies.record(u64::from(*us));
             }
         }
         let distinct = got - dup;

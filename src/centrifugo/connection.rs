@@ -47,7 +47,7 @@ pub trait Wire: Send {
     /// Polls for the client's next frame.
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Inbound>;
     /// Writes one batch of output; false when the client is gone.
-    fn send(&mut self, batch: Bytes) -> impl Future<Output = bool> + Send;
+    fn send(&mut self, batch: &[u8]) -> impl Future<Output = bool> + Send;
     /// Ends the connection. WebSocket sends a close frame with the code;
     /// streams just end (the disconnect push was written before).
     fn close(self, code: u16, reason: &str) -> impl Future<Output = ()> + Send;
@@ -145,7 +145,10 @@ fn drive<W: Wire>(
                 Box::pin(session.handle_frame(&frame, &mut out)).await
             } else {
                 let at = next_deadline(&session, &deadlines, far);
-                if at != timer_at {
+                // A timer set too late is moved; one set too early just
+                // fires and is set again (resetting costs a timer-wheel
+                // update, and deadlines move later on every write).
+                if at < timer_at || timer_at <= Instant::now() {
                     timer.as_mut().reset(at);
                     timer_at = at;
                 }
@@ -198,7 +201,9 @@ fn drive<W: Wire>(
                 }
             }
             if !out.is_empty() {
-                if !wire.send(out.take()).await {
+                let sent = wire.send(out.bytes()).await;
+                out.clear();
+                if !sent {
                     break Ok(());
                 }
                 if delivered && !write_interval.is_zero() {

@@ -7,3 +7,4 @@
 
 pub mod centrifuge;
 pub mod mercure;
+pub mod websocket;

@@ -218,8 +218,8 @@ impl Wire for StreamWire {
         }
     }
 
-    async fn send(&mut self, batch: Bytes) -> bool {
-        self.tx.send(batch).await.is_ok()
+    async fn send(&mut self, batch: &[u8]) -> bool {
+        self.tx.send(Bytes::copy_from_slice(batch)).await.is_ok()
     }
 
     async fn close(self, _code: u16, _reason: &str) {

@@ -100,6 +100,17 @@ impl Upgrade {
     }
 }
 
+impl Socket {
+    /// Ready when there may be something to read; registers the task to be
+    /// woken when there is (a hyper connection always answers maybe).
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            Socket::Tcp(s) => s.poll_read_ready(cx).map(|_| ()),
+            Socket::Hyper(_) => Poll::Ready(()),
+        }
+    }
+}
+
 impl AsyncRead for Socket {
     fn poll_read(
         self: Pin<&mut Self>,

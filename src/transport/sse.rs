@@ -105,17 +105,25 @@ impl EventStream {
     }
 
     /// The live publications taken from the queue, encoded as one chunk
-    /// (empty when all of them came through replay already).
+    /// (empty when all of them came through replay already). A lone
+    /// publication is its shared encoding itself: no copy.
     fn encode_batch(&mut self) -> Bytes {
         // Anything at or before the snapshot came through replay.
         let skip_upto = self.subscription.handle.snapshot_seq;
-        let mut out = BytesMut::new();
-        for d in self.batch.drain(..) {
-            if let Delivery::Publication(p) = d {
-                if p.seq > skip_upto {
-                    out.extend_from_slice(p.sse());
-                }
-            }
+        let mut live = self.batch.drain(..).filter_map(|d| match d {
+            Delivery::Publication(p) if p.seq > skip_upto => Some(p),
+            _ => None,
+        });
+        let Some(first) = live.next() else {
+            return Bytes::new();
+        };
+        let Some(second) = live.next() else {
+            return first.sse().clone();
+        };
+        let mut out = BytesMut::from(&first.sse()[..]);
+        out.extend_from_slice(second.sse());
+        for p in live {
+            out.extend_from_slice(p.sse());
         }
         out.freeze()
     }
@@ -171,7 +179,9 @@ impl Stream for EventStream {
             for t in [this.hold_until, this.deadline].into_iter().flatten() {
                 at = at.min(t);
             }
-            if at != this.timer_at {
+            // Only moved earlier: one set too early (the heartbeat moves
+            // later on every write) fires and is set again.
+            if at < this.timer_at || this.timer_at <= now {
                 this.timer.as_mut().reset(at);
                 this.timer_at = at;
             }

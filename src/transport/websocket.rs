@@ -16,9 +16,11 @@
 //! the disconnect code. `/connection/uni_websocket` is the same with a
 //! unidirectional session (JSON only, as in Centrifugo).
 
+use std::future::poll_fn;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
@@ -30,7 +32,8 @@ use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::live::{Socket, Upgrade};
@@ -38,6 +41,7 @@ use super::{origin_allowed, CentrifugoState, ConnectQuery};
 use crate::centrifugo::connection::{self, Inbound, Start, Wire};
 use crate::centrifugo::Transport;
 use crate::protocol::centrifuge::Encoding;
+use crate::protocol::websocket::{self, Opcode};
 
 /// Initial read buffer of a WebSocket: most client frames are small
 /// commands; larger ones grow it up to `centrifugo.max_frame`.
@@ -244,7 +248,7 @@ fn upgrade(
             remote: remote.to_string(),
             headers: forwarded,
         };
-        connection::run(WsWire { socket, encoding }, node, start).await
+        connection::run(WsWire::new(socket, encoding), node, start).await
     })
 }
 
@@ -252,12 +256,37 @@ fn upgrade(
 struct WsWire {
     socket: WebSocketStream<Socket>,
     encoding: Encoding,
+    /// tungstenite said it has no frame; until the socket turns readable
+    /// there is no need to ask it again (the loop polls on every delivery).
+    drained: bool,
+    /// A frame was read since tungstenite last flushed: it may owe a pong.
+    pong_pending: bool,
+}
+
+impl WsWire {
+    fn new(socket: WebSocketStream<Socket>, encoding: Encoding) -> WsWire {
+        WsWire {
+            socket,
+            encoding,
+            drained: false,
+            pong_pending: false,
+        }
+    }
 }
 
 impl Wire for WsWire {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+        if self.drained && self.socket.get_ref().poll_read_ready(cx).is_pending() {
+            return Poll::Pending;
+        }
         loop {
-            return Poll::Ready(match ready!(self.socket.poll_next_unpin(cx)) {
+            let Poll::Ready(message) = self.socket.poll_next_unpin(cx) else {
+                self.drained = true;
+                return Poll::Pending;
+            };
+            self.drained = false;
+            self.pong_pending = true;
+            return Poll::Ready(match message {
                 Some(Ok(Message::Text(t))) => Inbound::Frame(Bytes::from(t)),
                 Some(Ok(Message::Binary(b))) => Inbound::Frame(b),
                 Some(Ok(Message::Close(_))) | None => Inbound::Gone,
@@ -270,16 +299,33 @@ impl Wire for WsWire {
         }
     }
 
-    async fn send(&mut self, batch: Bytes) -> bool {
-        let msg = match self.encoding {
-            // Frames we encode are UTF-8 (no copy); the lossy path only satisfies the type.
-            Encoding::Json => Message::Text(
-                Utf8Bytes::try_from(batch.clone())
-                    .unwrap_or_else(|_| String::from_utf8_lossy(&batch).into_owned().into()),
-            ),
-            Encoding::Protobuf => Message::Binary(batch),
+    /// One data frame per batch, written by us beside its header in one
+    /// `writev` (tungstenite would copy it into its buffer first). Whatever
+    /// tungstenite still has to send (a pong) goes out before it, so frames
+    /// never interleave.
+    async fn send(&mut self, batch: &[u8]) -> bool {
+        if self.pong_pending {
+            if poll_fn(|cx| self.socket.poll_flush_unpin(cx)).await.is_err() {
+                return false;
+            }
+            self.pong_pending = false;
+        }
+        let opcode = match self.encoding {
+            Encoding::Json => Opcode::Text,
+            Encoding::Protobuf => Opcode::Binary,
         };
-        self.socket.send(msg).await.is_ok()
+        let mut header = [0u8; websocket::MAX_HEADER];
+        let header = websocket::frame_header(opcode, batch.len(), &mut header);
+        let mut parts = [IoSlice::new(header), IoSlice::new(batch)];
+        let mut parts = &mut parts[..];
+        let socket = self.socket.get_mut();
+        while !parts.is_empty() {
+            match socket.write_vectored(parts).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => IoSlice::advance_slices(&mut parts, n),
+            }
+        }
+        true
     }
 
     async fn close(mut self, code: u16, reason: &str) {

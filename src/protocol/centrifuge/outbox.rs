@@ -29,6 +29,9 @@ pub enum Framing {
     EventStream,
 }
 
+/// An outbox buffer larger than this is released after use.
+const KEEP_CAPACITY: usize = 4096;
+
 /// Outgoing messages of one connection, framed for its transport.
 #[derive(Debug)]
 pub struct Outbox {
@@ -122,6 +125,21 @@ impl Outbox {
     /// True when nothing is waiting to be written.
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
+    }
+
+    /// What was written so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Empties the outbox once its bytes are written. Its buffer is kept
+    /// for the next batch, unless a burst made it large.
+    pub fn clear(&mut self) {
+        if self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = BytesMut::new();
+        } else {
+            self.buf.clear();
+        }
     }
 
     /// Takes what was written so far, leaving the outbox empty.
