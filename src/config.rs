@@ -470,7 +470,7 @@ impl Default for HubConfig {
         HubConfig {
             queue_size: 4096,
             max_batch: 512,
-            write_interval: "0s".into(),
+            write_interval: "20ms".into(),
         }
     }
 }

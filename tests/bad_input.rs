@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::ws::ws_frame;
 use common::*;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -251,31 +252,6 @@ async fn raw_websocket(hub: &Hub) -> tokio::net::TcpStream {
         String::from_utf8_lossy(&head)
     );
     tcp
-}
-
-/// One client frame: `first` is FIN/RSV/opcode, `masked` as clients must.
-fn ws_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    let mut f = vec![first];
-    let mask_bit = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => f.push(mask_bit | n as u8),
-        n if n <= 0xffff => {
-            f.push(mask_bit | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(mask_bit | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let key = [0x11, 0x22, 0x33, 0x44];
-    if masked {
-        f.extend_from_slice(&key);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    } else {
-        f.extend_from_slice(payload);
-    }
-    f
 }
 
 /// The close code the server sends (None: the connection ended without a

@@ -659,3 +659,131 @@ async fn rs256_keys_from_files() {
         401
     );
 }
+
+/// Reads from `tcp` until `pattern` has arrived (within 5 s); returns all
+/// that was read.
+async fn read_until(tcp: &mut tokio::net::TcpStream, pattern: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&got).contains(pattern) {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!(
+                "{pattern:?} not received ({other:?}): {}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A subscriber's request as `EventSource` sends it, on a raw connection.
+fn sse_request(query: &str) -> String {
+    format!(
+        "GET /.well-known/mercure?{query} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    )
+}
+
+/// The gauge `name` (summed over its labels) in `/metrics`.
+async fn gauge(hub: &Hub, name: &str) -> f64 {
+    let text = reqwest::get(hub.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn event_streams_on_plain_connections_are_chunked_and_their_end_is_noticed() {
+    use tokio::io::AsyncWriteExt;
+    let hub = Hub::start(&[]);
+    let mut tcp = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
+    tcp.write_all(sse_request("topic=plain").as_bytes())
+        .await
+        .unwrap();
+    // The head, then the opening comment as the first chunk.
+    let head = read_until(&mut tcp, "3\r\n:\n\n\r\n").await;
+    let lower = head.to_ascii_lowercase();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(lower.contains("content-type: text/event-stream"), "{head}");
+    assert!(lower.contains("transfer-encoding: chunked"), "{head}");
+    assert!(!lower.contains("content-length"), "{head}");
+    assert!(lower.contains("\r\ndate: "), "{head}");
+    // Each publication is one chunk around its event.
+    publish(&hub, "plain", "one").await;
+    let event = read_until(&mut tcp, "data: one\n\n\r\n").await;
+    let size = event.split("\r\n").next().unwrap();
+    let body = event[size.len() + 2..event.len() - 2].to_owned();
+    assert_eq!(
+        usize::from_str_radix(size, 16).unwrap(),
+        body.len(),
+        "{event:?}"
+    );
+    assert!(
+        body.starts_with("id: ") && body.ends_with("data: one\n\n"),
+        "{body:?}"
+    );
+    // The client goes away: its subscription goes with it.
+    assert_eq!(gauge(&hub, "tidings_subscriptions").await, 1.0);
+    drop(tcp);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while gauge(&hub, "tidings_subscriptions").await != 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the subscription outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_answered_whole_and_its_connection_serves_on() {
+    use tokio::io::AsyncWriteExt;
+    let hub = Hub::start(&[]);
+    let mut tcp = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
+    // No matcher: 400 with a length, on a connection that stays open.
+    tcp.write_all(sse_request("nothing=here").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_until(&mut tcp, "\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let length: usize = answer
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a length");
+    let head_len = answer.find("\r\n\r\n").unwrap() + 4;
+    if answer.len() < head_len + length {
+        read_until(&mut tcp, "\n").await;
+    }
+    // The next request on the same connection is served (by hyper).
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let next = read_until(&mut tcp, "ok\n").await;
+    assert!(next.contains("HTTP/1.1 200"), "{next}");
+}
+
+#[tokio::test]
+async fn streams_without_an_event_stream_accept_work_too() {
+    // curl and most scripts send no `Accept`: hyper serves them the same stream.
+    let hub = Hub::start(&[]);
+    let res = reqwest::get(format!("{}?topic=curl", hub.hub_url()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut s = Stream::from_response(res);
+    publish(&hub, "curl", "hello").await;
+    assert_eq!(s.next().await.data, "hello");
+}

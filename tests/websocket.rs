@@ -517,3 +517,46 @@ async fn connections_expire_unless_refreshed() {
     .await;
     assert_eq!(closed(&mut fresh).await.0, 3500);
 }
+
+#[tokio::test]
+async fn a_frame_sent_right_behind_the_handshake_is_read() {
+    use tokio::io::AsyncWriteExt;
+    // A client may write its first frame without waiting for the 101: the
+    // server has read it with the handshake and must not lose it.
+    let hub = start(&[]);
+    let mut tcp = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
+    let mut bytes = b"GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    let connect = json!({"id": 1, "connect": {"token": conn_token("eager", 3600)}}).to_string();
+    bytes.extend(ws_frame(0x81, connect.as_bytes(), true));
+    tcp.write_all(&bytes).await.unwrap();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        skip_head(tcp).await,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    let replies = recv_on(&mut ws).await;
+    assert_eq!(replies[0]["id"], 1);
+    assert!(replies[0]["connect"]["client"].is_string(), "{replies:?}");
+}
+
+/// Reads the handshake answer off `tcp` (byte by byte, so nothing after it
+/// is consumed) and returns the socket.
+async fn skip_head(mut tcp: tokio::net::TcpStream) -> tokio::net::TcpStream {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}

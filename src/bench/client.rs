@@ -114,7 +114,9 @@ pub async fn subscribe(how: &Subscribe, stop: CancellationToken) -> Result<Subsc
                 req.push_str(&format!("{k}: {v}\r\n"));
             }
             req.push_str("\r\n");
-            tcp.write_all(req.as_bytes()).await.map_err(BenchError::io)?;
+            tcp.write_all(req.as_bytes())
+                .await
+                .map_err(BenchError::io)?;
             let (status, body) = read_head(&mut tcp).await?;
             if !(200..300).contains(&status) {
                 return Err(BenchError::Target(format!("{url}: HTTP {status}")));
@@ -152,10 +154,14 @@ pub async fn subscribe(how: &Subscribe, stop: CancellationToken) -> Result<Subsc
                 "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n\
                  Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
             );
-            tcp.write_all(req.as_bytes()).await.map_err(BenchError::io)?;
+            tcp.write_all(req.as_bytes())
+                .await
+                .map_err(BenchError::io)?;
             let (status, mut pending) = read_head(&mut tcp).await?;
             if status != 101 {
-                return Err(BenchError::Target(format!("{url}: HTTP {status}, not a WebSocket")));
+                return Err(BenchError::Target(format!(
+                    "{url}: HTTP {status}, not a WebSocket"
+                )));
             }
             for m in init {
                 tcp.write_all(&client_frame(0x1, m.as_bytes()))
@@ -193,7 +199,9 @@ pub async fn subscribe(how: &Subscribe, stop: CancellationToken) -> Result<Subsc
                 }
                 pending = read_some(&mut tcp).await?;
                 if pending.is_empty() {
-                    return Err(BenchError::Target(format!("{url}: closed while subscribing")));
+                    return Err(BenchError::Target(format!(
+                        "{url}: closed while subscribing"
+                    )));
                 }
             }
             let connect_time = started.elapsed();
@@ -252,6 +260,10 @@ async fn read_until_stopped(
     stop: CancellationToken,
     mut on: impl FnMut(&[u8]) -> bool,
 ) {
+    // Made once: a token's waiter list is shared by every subscriber, and
+    // joining it on every read would make them queue for its lock.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             ready = tcp.readable() => {
@@ -270,7 +282,7 @@ async fn read_until_stopped(
                     Err(_) => return,
                 }
             }
-            _ = stop.cancelled() => return,
+            _ = &mut stopped => return,
         }
     }
 }

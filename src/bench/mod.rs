@@ -387,7 +387,8 @@ async fn run_step(
                 // Paced: publication k goes out at k / its share of the
                 // rate, publishers staggered over one period (not all at
                 // the same instant, which would be a burst).
-                let due = started + duration.mul_f64((k as f64 + i as f64 / n as f64) / share as f64);
+                let due =
+                    started + duration.mul_f64((k as f64 + i as f64 / n as f64) / share as f64);
                 tokio::time::sleep_until(due.into()).await;
                 let slot = (k as usize) % channels.len();
                 next_seq[slot] += 1;

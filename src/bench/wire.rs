@@ -323,7 +323,13 @@ mod tests {
         stream.extend(server_frame(0x1, &[b'y'; 300]));
         stream.extend(server_frame(0x2, &big));
         stream.extend(server_frame(0x8, &[3, 232]));
-        let expected = vec![(Op::Data, 9), (Op::Ping, 0), (Op::Data, 300), (Op::Data, 70_000), (Op::Close, 2)];
+        let expected = vec![
+            (Op::Data, 9),
+            (Op::Ping, 0),
+            (Op::Data, 300),
+            (Op::Data, 70_000),
+            (Op::Close, 2),
+        ];
         for cut in (0..stream.len()).step_by(97).chain([1, 2, 3, 11, 12, 13]) {
             let mut frames = Frames::default();
             let mut got = Vec::new();
@@ -380,7 +386,11 @@ mod tests {
             assert_eq!(parsed_len, len as u64);
             let mask = header.mask.expect("masked");
             let body = &frame[cursor.position() as usize..];
-            let unmasked: Vec<u8> = body.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+            let unmasked: Vec<u8> = body
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
             assert_eq!(unmasked, payload);
         }
     }

@@ -87,6 +87,8 @@ pub fn run<W: Wire>(wire: W, node: Arc<Node>, start: Start) -> impl Future<Outpu
 enum Event {
     Inbound(Inbound),
     Deliveries(Result<(), &'static str>),
+    /// Deliveries arrived while writes are held back.
+    Held,
     Timer,
 }
 
@@ -97,6 +99,8 @@ struct Deadlines {
     pong: Option<Instant>,
     /// No delivery write before this (the write interval after the last).
     hold: Option<Instant>,
+    /// Deliveries wait for the hold to end: the timer must wake us then.
+    held: bool,
 }
 
 /// The loop itself. A function returning a block, not an `async fn`: an
@@ -132,6 +136,7 @@ fn drive<W: Wire>(
             next_ping: began + settings.ping_interval,
             pong: None,
             hold: None,
+            held: false,
         };
         let mut timer = pin!(tokio::time::sleep_until(far));
         let mut timer_at = far;
@@ -144,15 +149,19 @@ fn drive<W: Wire>(
             let step: Result<(), Disconnect> = if let Some(frame) = first_frame.take() {
                 Box::pin(session.handle_frame(&frame, &mut out)).await
             } else {
+                let now = Instant::now();
+                if deadlines.hold.is_some_and(|h| now >= h) {
+                    (deadlines.hold, deadlines.held) = (None, false);
+                }
                 let at = next_deadline(&session, &deadlines, far);
                 // A timer set too late is moved; one set too early just
                 // fires and is set again (resetting costs a timer-wheel
                 // update, and deadlines move later on every write).
-                if at < timer_at || timer_at <= Instant::now() {
+                if at < timer_at || timer_at <= now {
                     timer.as_mut().reset(at);
                     timer_at = at;
                 }
-                let holding = deadlines.hold.is_some();
+                let (holding, held) = (deadlines.hold.is_some(), deadlines.held);
                 let event = poll_fn(|cx| {
                     if let Poll::Ready(inbound) = wire.poll_recv(cx) {
                         return Poll::Ready(Event::Inbound(inbound));
@@ -161,6 +170,8 @@ fn drive<W: Wire>(
                         if let Poll::Ready(taken) = sink.poll_take(cx, &mut batch) {
                             return Poll::Ready(Event::Deliveries(taken));
                         }
+                    } else if !held && sink.poll_ready(cx).is_ready() {
+                        return Poll::Ready(Event::Held);
                     }
                     match timer.as_mut().poll(cx) {
                         Poll::Ready(()) => Poll::Ready(Event::Timer),
@@ -183,6 +194,12 @@ fn drive<W: Wire>(
                         r if r == ENGINE_RESET => disconnect::INSUFFICIENT_STATE,
                         _ => disconnect::SLOW,
                     })),
+                    Event::Held => {
+                        // Something to write once the hold ends: the
+                        // timer now includes it.
+                        deadlines.held = true;
+                        Ok(())
+                    }
                     Event::Timer => {
                         on_timer(&mut session, &mut deadlines, &node, transport, &mut out).await
                     }
@@ -258,7 +275,7 @@ fn next_deadline(session: &Session, d: &Deadlines, far: Instant) -> Instant {
         (!connected).then_some(d.handshake),
         connected.then_some(d.next_ping),
         d.pong,
-        d.hold,
+        d.hold.filter(|_| d.held),
         session.expires_at().map(from_secs),
         session.next_sub_refresh().map(from_secs),
     ]
@@ -278,7 +295,7 @@ async fn on_timer(
     let now = Instant::now();
     let settings = &node.settings;
     if d.hold.is_some_and(|h| now >= h) {
-        d.hold = None;
+        (d.hold, d.held) = (None, false);
     }
     if !session.is_connected() {
         if now >= d.handshake {

@@ -87,7 +87,7 @@ impl Default for HubOptions {
             queue_bytes: 16 << 20,
             max_batch: 512,
             sweep_interval: Duration::from_secs(60),
-            write_interval: Duration::ZERO,
+            write_interval: Duration::from_millis(20),
         }
     }
 }

@@ -203,6 +203,22 @@ impl Sink {
         Poll::Ready(Ok(()))
     }
 
+    /// Ready when deliveries wait (or the queue is closed), without taking
+    /// them; otherwise registers the task to be woken by the next offer.
+    /// A writer holding back its next write (the write interval) uses it to
+    /// learn that it has something to write, and only then sets a timer.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut q = self.state.lock();
+        if q.closed.is_some() || !q.items.is_empty() {
+            return Poll::Ready(());
+        }
+        match &q.waiting {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => q.waiting = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
     /// Waits for deliveries and moves them into `batch` (see
     /// [`Sink::poll_take`]).
     pub async fn take(&self, batch: &mut Vec<Delivery>) -> Result<(), &'static str> {
@@ -282,6 +298,16 @@ mod tests {
         assert_eq!(open.0.lock().len(), 1);
         open.close_all("bye");
         assert_eq!(a.close_reason(), Some("bye"));
+    }
+
+    #[test]
+    fn ready_tells_without_taking() {
+        let sink = Sink::new(1, 10, 1 << 20, Weak::new());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(sink.poll_ready(&mut cx).is_pending());
+        sink.offer(publication(b"a"));
+        assert!(sink.poll_ready(&mut cx).is_ready());
+        assert_eq!(sink.len(), 1);
     }
 
     #[test]

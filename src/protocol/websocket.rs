@@ -53,8 +53,14 @@ mod tests {
         let mut buf = [0u8; MAX_HEADER];
         assert_eq!(frame_header(Opcode::Text, 0, &mut buf), [0x81, 0]);
         assert_eq!(frame_header(Opcode::Binary, 125, &mut buf), [0x82, 125]);
-        assert_eq!(frame_header(Opcode::Text, 126, &mut buf), [0x81, 126, 0, 126]);
-        assert_eq!(frame_header(Opcode::Text, 0xffff, &mut buf), [0x81, 126, 0xff, 0xff]);
+        assert_eq!(
+            frame_header(Opcode::Text, 126, &mut buf),
+            [0x81, 126, 0, 126]
+        );
+        assert_eq!(
+            frame_header(Opcode::Text, 0xffff, &mut buf),
+            [0x81, 126, 0xff, 0xff]
+        );
         assert_eq!(
             frame_header(Opcode::Text, 0x1_0000, &mut buf),
             [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]

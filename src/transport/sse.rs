@@ -48,6 +48,8 @@ pub struct EventStream {
     write_interval: Duration,
     /// No live write before this (the write interval after the last one).
     hold_until: Option<Instant>,
+    /// Something waits for the hold to end: the timer must wake us then.
+    held: bool,
     batch: Vec<Delivery>,
     finished: bool,
     _guard: Option<Box<dyn Send + Sync>>,
@@ -92,6 +94,7 @@ impl EventStream {
             deadline: options.deadline,
             write_interval: options.write_interval,
             hold_until: None,
+            held: false,
             batch: Vec::new(),
             finished: false,
             _guard: guard,
@@ -152,8 +155,11 @@ impl Stream for EventStream {
             if this.deadline.is_some_and(|d| now >= d) {
                 return this.finish("the token or connection lifetime expired, reconnect");
             }
-            if this.hold_until.is_none_or(|h| now >= h) {
-                this.hold_until = None;
+            if this.hold_until.is_some_and(|h| now < h) {
+                // Holding: note whether anything waits, take nothing yet.
+                this.held |= this.subscription.sink.poll_ready(cx).is_ready();
+            } else {
+                (this.hold_until, this.held) = (None, false);
                 match this.subscription.sink.poll_take(cx, &mut this.batch) {
                     Poll::Ready(Err(reason)) => return this.finish(reason),
                     Poll::Ready(Ok(())) => {
@@ -176,7 +182,8 @@ impl Stream for EventStream {
                 return Poll::Ready(Some(sse::comment("")));
             }
             let mut at = heartbeat_at;
-            for t in [this.hold_until, this.deadline].into_iter().flatten() {
+            let hold = this.hold_until.filter(|_| this.held);
+            for t in [hold, this.deadline].into_iter().flatten() {
                 at = at.min(t);
             }
             // Only moved earlier: one set too early (the heartbeat moves

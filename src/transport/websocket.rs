@@ -29,10 +29,10 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -305,7 +305,10 @@ impl Wire for WsWire {
     /// never interleave.
     async fn send(&mut self, batch: &[u8]) -> bool {
         if self.pong_pending {
-            if poll_fn(|cx| self.socket.poll_flush_unpin(cx)).await.is_err() {
+            if poll_fn(|cx| self.socket.poll_flush_unpin(cx))
+                .await
+                .is_err()
+            {
                 return false;
             }
             self.pong_pending = false;

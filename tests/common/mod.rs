@@ -243,8 +243,12 @@ pub struct Stream {
     pub ended: bool,
 }
 
+/// Opens an event stream the way `EventSource` does (`Accept:
+/// text/event-stream`), so it takes the hub's lean HTTP/1.1 path.
 pub async fn open(hub: &Hub, query: &str, headers: &[(&str, &str)]) -> Stream {
-    let mut req = reqwest::Client::new().get(format!("{}?{}", hub.hub_url(), query));
+    let mut req = reqwest::Client::new()
+        .get(format!("{}?{}", hub.hub_url(), query))
+        .header("accept", "text/event-stream");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
