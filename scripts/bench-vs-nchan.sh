@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # tidings against nginx + nchan, side by side, in one run on this machine:
 # installs nginx and the nchan module (Debian packages) if missing, starts
-# both servers on loopback ports, runs the same scenarios against each, one
+# the servers on loopback ports, runs the same scenarios against each, one
 # after the other, over SSE and over WebSocket, and writes
-# docs/performance.md with the tables, ratios and charts.
+# docs/performance.md with the tables, ratios and charts. tidings runs twice:
+# with its defaults, and with `hub.write_interval=0s` (every publication
+# written as it comes, as nchan does).
 #
 #   scripts/bench-vs-nchan.sh            # full run (a few minutes)
 #   QUICK=1 scripts/bench-vs-nchan.sh    # short steps, to check the setup
@@ -30,12 +32,13 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 RUN=$(mktemp -d)
 TIDINGS_PORT=18900
 NCHAN_PORT=18901
+TIDINGS0_PORT=18902
 API_KEY=bench-api-key
 stop_servers() {
-  [ -n "${TIDINGS_PID:-}" ] && kill "$TIDINGS_PID" 2>/dev/null || true
+  for pid in ${TIDINGS_PID:-} ${TIDINGS0_PID:-}; do kill "$pid" 2>/dev/null || true; done
   [ -f "$RUN/nginx.pid" ] && kill "$(cat "$RUN/nginx.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
-  TIDINGS_PID=""
+  TIDINGS_PID=""; TIDINGS0_PID=""
 }
 trap 'stop_servers; rm -rf "$RUN"' EXIT
 
@@ -48,11 +51,14 @@ start_servers() {
   nginx -c "$RUN/nchan.conf" -p "$RUN" &
   # In-memory history, like nchan's message buffer (the disk store's
   # durable commits are measured in docs/decisions.md).
-  target/release/tidings serve --listen "127.0.0.1:$TIDINGS_PORT" --data-dir "$RUN/tidings" \
-    --history memory --log-level warn --set demo=false --set centrifugo.api_key=$API_KEY \
-    --set centrifugo.channel.allow_subscribe=true >/dev/null &
+  local serve=(serve --history memory --log-level warn --set demo=false
+    --set centrifugo.api_key=$API_KEY --set centrifugo.channel.allow_subscribe=true)
+  target/release/tidings "${serve[@]}" --listen "127.0.0.1:$TIDINGS_PORT" --data-dir "$RUN/tidings" >/dev/null &
   TIDINGS_PID=$!
-  for port in $TIDINGS_PORT $NCHAN_PORT; do
+  target/release/tidings "${serve[@]}" --listen "127.0.0.1:$TIDINGS0_PORT" --data-dir "$RUN/tidings0" \
+    --set hub.write_interval=0s >/dev/null &
+  TIDINGS0_PID=$!
+  for port in $TIDINGS_PORT $TIDINGS0_PORT $NCHAN_PORT; do
     for _ in $(seq 50); do
       (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
       sleep 0.1
@@ -66,16 +72,19 @@ start_servers() {
 
 bench() { # name server wire args...
   local name=$1 server=$2 wire=$3; shift 3
-  local target pids url
+  local target pids url label
   if [ "$server" = tidings ]; then
-    target=tidings-$wire; url=http://127.0.0.1:$TIDINGS_PORT; pids="--pid $TIDINGS_PID"
+    target=tidings-$wire; url=http://127.0.0.1:$TIDINGS_PORT; pids="--pid $TIDINGS_PID"; label=tidings
+  elif [ "$server" = tidings0 ]; then
+    target=tidings-$wire; url=http://127.0.0.1:$TIDINGS0_PORT; pids="--pid $TIDINGS0_PID"
+    label="tidings, write_interval=0s"
   else
-    target=nchan-$wire; url=http://127.0.0.1:$NCHAN_PORT; pids=""
+    target=nchan-$wire; url=http://127.0.0.1:$NCHAN_PORT; pids=""; label=nchan
     for p in $NGINX_PIDS; do pids="$pids --pid $p"; done
   fi
   echo "== $name: $server over $wire" >&2
   # shellcheck disable=SC2086
-  target/release/tidings bench --quiet --target "$target" --url "$url" $pids \
+  target/release/tidings bench --quiet --target "$target" --url "$url" $pids --label "$label" \
     --set centrifugo.api_key=$API_KEY --scenario "$name" \
     --json "$OUT_DIR/$name-$server-$wire.json" "$@" >&2
 }
@@ -86,7 +95,7 @@ for wire in sse ws; do
   for server in tidings nchan; do
     bench idle "$server" $wire --channels $IDLE_CHANNELS --subscribers 100 --rate 0
   done
-  for server in tidings nchan; do
+  for server in tidings tidings0 nchan; do
     bench fanout "$server" $wire --channels 1 --subscribers 1000 --rate 100 --payload 100 --duration $DURATION
     bench ramp "$server" $wire --channels 10 --subscribers 100 --rate 1000 --payload 100 \
       --duration $DURATION --ramp 1.5 --ramp-steps $RAMP_STEPS --ramp-p99 50ms --publishers 10
@@ -105,7 +114,8 @@ done
   echo
   echo "- $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
   echo "- $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) memory; Linux $(uname -r)"
-  echo "- tidings $(target/release/tidings --version | cut -d' ' -f2) (release build, \`demo=false\`, in-memory history like nchan's buffer);"
+  echo "- tidings $(target/release/tidings --version | cut -d' ' -f2) (release build, \`demo=false\`, in-memory history like nchan's buffer),"
+  echo "  with its defaults (\`hub.write_interval=20ms\`) and with \`hub.write_interval=0s\`;"
   echo "  nginx $(nginx -v 2>&1 | cut -d/ -f2) with libnginx-mod-nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null), 2 workers (bench/nchan.conf)"
   echo "- The bench runs on the same cores as the server; its own CPU time is in the tables."
   echo
@@ -128,7 +138,9 @@ done
   echo
   for wire in sse ws; do
     for name in idle fanout ramp; do
-      target/release/tidings bench --compare "$OUT_DIR/$name-tidings-$wire.json" "$OUT_DIR/$name-nchan-$wire.json" \
+      reports=("$OUT_DIR/$name-tidings-$wire.json")
+      if [ "$name" != idle ]; then reports+=("$OUT_DIR/$name-tidings0-$wire.json"); fi
+      target/release/tidings bench --compare "${reports[@]}" "$OUT_DIR/$name-nchan-$wire.json" \
         --chart "$OUT_DIR/$name-$wire.svg"
       if [ "$name" != idle ]; then
         echo "![$name over $wire](performance/$name-$wire.svg)"

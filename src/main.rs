@@ -103,10 +103,13 @@ struct BenchArgs {
     /// Allow a target that is not on a loopback address.
     #[arg(long)]
     allow_remote: bool,
-    /// Instead of running: print the Markdown side-by-side of two JSON
-    /// reports (ours, then the peer's).
-    #[arg(long, num_args = 2, value_names = ["OURS", "PEER"])]
+    /// Instead of running: print the Markdown side-by-side of JSON reports
+    /// (ours, then the peer's last; ratios are against the peer).
+    #[arg(long, num_args = 2.., value_names = ["OURS", "PEER"])]
     compare: Option<Vec<PathBuf>>,
+    /// Name of the server in the report (default: the target's).
+    #[arg(long)]
+    label: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -258,13 +261,13 @@ async fn bench(args: BenchArgs) -> Result<()> {
             let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
             serde_json::from_str(&text).with_context(|| format!("{}", p.display()))
         };
-        let (ours, peer) = (read(&files[0])?, read(&files[1])?);
+        let reports = files.iter().map(read).collect::<Result<Vec<_>>>()?;
         print!(
             "{}",
-            report::side_by_side(&ours, &peer, p99.as_secs_f64() * 1000.0)
+            report::side_by_side(&reports, p99.as_secs_f64() * 1000.0)
         );
         if let Some(path) = &args.chart {
-            report::chart(&[ours, peer], path).map_err(anyhow::Error::msg)?;
+            report::chart(&reports, path).map_err(anyhow::Error::msg)?;
         }
         return Ok(());
     }
@@ -352,6 +355,9 @@ async fn bench(args: BenchArgs) -> Result<()> {
     };
     target.pids = args.pids.clone();
     target.sub_nodes = args.sub_nodes.clone();
+    if let Some(label) = &args.label {
+        target.name = label.clone();
+    }
     let scenario = Scenario {
         name: args.scenario.clone(),
         channels: args.channels,

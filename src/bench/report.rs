@@ -346,14 +346,27 @@ pub fn chart(reports: &[Report], path: &std::path::Path) -> Result<(), String> {
     root.present().map_err(|e| e.to_string())
 }
 
-/// A Markdown section comparing `ours` with `peer` (same scenario and
-/// wire): both rows and the ratios the targets are about.
-pub fn side_by_side(ours: &Report, peer: &Report, p99_bound_ms: f64) -> String {
+/// The step a report is judged by: its last good one, or, when none was
+/// good, its first, marked as such.
+fn shown(r: &Report, p99_bound_ms: f64) -> Option<(&Step, &'static str)> {
+    match r.knee(p99_bound_ms) {
+        Some(s) => Some((s, "")),
+        None => r.steps.first().map(|s| (s, " (bound not met)")),
+    }
+}
+
+/// A Markdown section comparing reports of the same scenario and wire:
+/// one row each, then the ratios the targets are about, of every report
+/// against the last one (the peer).
+pub fn side_by_side(reports: &[Report], p99_bound_ms: f64) -> String {
     let mut out = String::new();
+    let (Some(peer), Some(first)) = (reports.last(), reports.first()) else {
+        return out;
+    };
     let _ = writeln!(
         out,
         "#### {} — {} ({} channels × {} subscribers, {} B)\n",
-        ours.scenario, ours.wire, ours.channels, ours.subscribers_per_channel, ours.payload
+        first.scenario, first.wire, first.channels, first.subscribers_per_channel, first.payload
     );
     let _ = writeln!(
         out,
@@ -369,10 +382,11 @@ pub fn side_by_side(ours: &Report, peer: &Report, p99_bound_ms: f64) -> String {
             "–".to_owned()
         }
     };
-    for r in [ours, peer] {
-        let knee = r.knee(p99_bound_ms).or(r.steps.first());
+    let shown = |r| shown(r, p99_bound_ms);
+    for r in reports {
+        let row = shown(r);
         let (dps, p50, p99, lost, dup, reord, bpd, cpu) =
-            knee.map_or((0.0, 0.0, 0.0, 0, 0, 0, 0.0, 0.0), |s| {
+            row.map_or((0.0, 0.0, 0.0, 0, 0, 0, 0.0, 0.0), |(s, _)| {
                 (
                     s.deliveries_per_s,
                     s.latency_p50_ms,
@@ -386,11 +400,12 @@ pub fn side_by_side(ours: &Report, peer: &Report, p99_bound_ms: f64) -> String {
             });
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {:.1} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {:.0}{} | {:.2} | {:.2} | {} | {} | {} | {:.1} | {:.2} | {:.2} |",
             r.target,
             r.connections,
             memory(r),
             dps,
+            row.map_or("", |(_, mark)| mark),
             p50,
             p99,
             lost,
@@ -408,31 +423,29 @@ pub fn side_by_side(ours: &Report, peer: &Report, p99_bound_ms: f64) -> String {
             "–".into()
         }
     };
-    let (o, p) = (
-        ours.knee(p99_bound_ms).or(ours.steps.first()),
-        peer.knee(p99_bound_ms).or(peer.steps.first()),
-    );
     let _ = writeln!(out);
-    match (o, p) {
-        (Some(o), Some(p)) => {
-            let _ = writeln!(
-                out,
-                "Ratios {} / {}: deliveries/s {}, p99 latency {}, server CPU per delivery {}.\n",
-                ours.target,
-                peer.target,
-                ratio(o.deliveries_per_s, p.deliveries_per_s),
-                ratio(o.latency_p99_ms, p.latency_p99_ms),
-                ratio(o.server_cpu_s_per_million, p.server_cpu_s_per_million),
-            );
-        }
-        _ => {
-            let _ = writeln!(
-                out,
-                "Ratios {} / {}: memory per connection {}.\n",
-                ours.target,
-                peer.target,
-                ratio(ours.rss_per_connection, peer.rss_per_connection)
-            );
+    for ours in &reports[..reports.len() - 1] {
+        match (shown(ours), shown(peer)) {
+            (Some((o, _)), Some((p, _))) => {
+                let _ = writeln!(
+                    out,
+                    "Ratios {} / {}: deliveries/s {}, p99 latency {}, server CPU per delivery {}.\n",
+                    ours.target,
+                    peer.target,
+                    ratio(o.deliveries_per_s, p.deliveries_per_s),
+                    ratio(o.latency_p99_ms, p.latency_p99_ms),
+                    ratio(o.server_cpu_s_per_million, p.server_cpu_s_per_million),
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "Ratios {} / {}: memory per connection {}.\n",
+                    ours.target,
+                    peer.target,
+                    ratio(ours.rss_per_connection, peer.rss_per_connection)
+                );
+            }
         }
     }
     out

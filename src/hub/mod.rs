@@ -690,11 +690,15 @@ async fn run_log(
         match appended {
             Ok(pubs) => {
                 publications.fetch_add(pubs.len() as u64, Ordering::Relaxed);
-                for (p, reply) in pubs.into_iter().zip(replies) {
-                    if deliver {
-                        fanout.deliver(&p);
+                // Stored: publishers are answered before the fan-out, which
+                // they need not wait for.
+                for (p, reply) in pubs.iter().zip(replies) {
+                    let _ = reply.send(Ok(p.clone()));
+                }
+                if deliver {
+                    for p in &pubs {
+                        fanout.deliver(p);
                     }
-                    let _ = reply.send(Ok(p));
                 }
             }
             Err(e) => {

@@ -6,5 +6,6 @@
 //! never sees a wire format.
 
 pub mod centrifuge;
+pub mod http1;
 pub mod mercure;
 pub mod websocket;

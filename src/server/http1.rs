@@ -18,13 +18,13 @@ use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::task::Poll;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::body::HttpBody as _;
 use axum::extract::ConnectInfo;
 use axum::http::response::Parts;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use axum::http::{Request, StatusCode};
 use axum::Router;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -32,13 +32,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 
+use crate::protocol::http1::{self, FirstRequest, Framing};
 use crate::transport::live::{Chunks, LiveBody, OnUpgrade, Socket, Upgrade};
-
-/// A request head longer than this goes to hyper (ours are a few hundred
-/// bytes; hyper answers oversized heads properly).
-const MAX_HEAD: usize = 16 * 1024;
-/// Most header fields in a head we parse.
-const MAX_HEADERS: usize = 64;
 
 /// What a first request needs from the connection it came on.
 pub(super) struct Conn {
@@ -153,98 +148,20 @@ async fn read_head(
         if stream.read_buf(buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        match parsed.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => return Ok(long_lived(&parsed).map(|r| (r, len))),
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {
+        match http1::first_request(buf) {
+            FirstRequest::LongLived(req, len) => return Ok(Some((*req, len))),
+            FirstRequest::Other => return Ok(None),
+            FirstRequest::Partial => {
                 if buf.capacity() == buf.len() {
                     buf.reserve(buf.len());
                 }
             }
-            _ => return Ok(None),
         }
     }
-}
-
-/// The request as `http` types, when it is a GET on HTTP/1.1 without a
-/// body that asks for an event stream or a WebSocket.
-fn long_lived(parsed: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
-    if parsed.method != Some("GET") || parsed.version != Some(1) {
-        return None;
-    }
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        headers.append(name, HeaderValue::from_bytes(h.value).ok()?);
-    }
-    let has = |name: header::HeaderName, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| {
-                let t = t.trim().as_bytes();
-                t.len() >= token.len() && t[..token.len()].eq_ignore_ascii_case(token.as_bytes())
-            })
-    };
-    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
-    let wanted = has(header::ACCEPT, "text/event-stream") || has(header::UPGRADE, "websocket");
-    if has_body || !wanted {
-        return None;
-    }
-    let mut req = Request::new(Body::empty());
-    *req.method_mut() = Method::GET;
-    *req.uri_mut() = parsed.path?.parse().ok()?;
-    *req.headers_mut() = headers;
-    Some(req)
-}
-
-/// How a response body is delimited.
-enum Framing {
-    /// No body follows (an upgrade).
-    None,
-    /// `Content-Length`.
-    Length(u64),
-    /// `Transfer-Encoding: chunked`, until the terminating chunk.
-    Chunked,
 }
 
 async fn write_head(stream: &mut TcpStream, res: &Parts, framing: Framing) -> io::Result<()> {
-    let status = res.status;
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(status.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    head.extend_from_slice(b"\r\n");
-    for (name, value) in &res.headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    if !res.headers.contains_key(header::DATE) {
-        head.extend_from_slice(b"date: ");
-        head.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    match framing {
-        Framing::None => {}
-        Framing::Length(len) => {
-            head.extend_from_slice(format!("content-length: {len}\r\n").as_bytes())
-        }
-        Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-    }
-    head.extend_from_slice(b"\r\n");
-    stream.write_all(&head).await
+    stream.write_all(&http1::response_head(res, framing)).await
 }
 
 /// Writes each chunk of a live body as an HTTP/1.1 chunk until the body
@@ -269,13 +186,18 @@ async fn write_chunks(stream: &mut TcpStream, mut chunks: Chunks, stall_timeout:
         let written = match next {
             None => return, // the client went away
             Some(None) => {
-                write_all_vectored(stream, &mut [IoSlice::new(b"0\r\n\r\n")], stall_timeout).await;
+                write_all_vectored(
+                    stream,
+                    &mut [IoSlice::new(http1::LAST_CHUNK)],
+                    stall_timeout,
+                )
+                .await;
                 return;
             }
             Some(Some(chunk)) if chunk.is_empty() => continue,
             Some(Some(chunk)) => {
                 let mut size = [0u8; 18];
-                let size = chunk_size_line(chunk.len(), &mut size);
+                let size = http1::chunk_size_line(chunk.len(), &mut size);
                 let mut parts = [
                     IoSlice::new(size),
                     IoSlice::new(&chunk),
@@ -288,21 +210,6 @@ async fn write_chunks(stream: &mut TcpStream, mut chunks: Chunks, stall_timeout:
             return;
         }
     }
-}
-
-/// `{len:x}\r\n` into `buf`.
-fn chunk_size_line(len: usize, buf: &mut [u8; 18]) -> &[u8] {
-    let digits = if len == 0 {
-        1
-    } else {
-        (usize::BITS - len.leading_zeros()).div_ceil(4) as usize
-    };
-    for (i, digit) in buf[..digits].iter_mut().enumerate() {
-        *digit = b"0123456789abcdef"[(len >> (4 * (digits - 1 - i))) & 0xf];
-    }
-    buf[digits] = b'\r';
-    buf[digits + 1] = b'\n';
-    &buf[..digits + 2]
 }
 
 /// Writes all of `parts`: straight away when the socket takes them (the
@@ -331,49 +238,6 @@ async fn write_all_vectored(
                 }
             }
             Err(_) => return false,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunk_size_lines_are_lowercase_hex() {
-        let mut buf = [0u8; 18];
-        assert_eq!(chunk_size_line(0, &mut buf), b"0\r\n");
-        assert_eq!(chunk_size_line(15, &mut buf), b"f\r\n");
-        assert_eq!(chunk_size_line(16, &mut buf), b"10\r\n");
-        assert_eq!(chunk_size_line(158, &mut buf), b"9e\r\n");
-        assert_eq!(
-            chunk_size_line(usize::MAX, &mut buf),
-            b"ffffffffffffffff\r\n"
-        );
-    }
-
-    fn parse(head: &str) -> Option<Request<Body>> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        assert!(parsed.parse(head.as_bytes()).unwrap().is_complete());
-        long_lived(&parsed)
-    }
-
-    #[test]
-    fn only_bodiless_streaming_gets_on_http_1_1_take_the_fast_path() {
-        let sse = "GET /.well-known/mercure?topic=a HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
-        let req = parse(sse).unwrap();
-        assert_eq!(req.uri().query(), Some("topic=a"));
-        assert_eq!(req.headers()["host"], "x");
-        let ws = "GET /connection/websocket HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\n";
-        assert!(parse(ws).is_some());
-        for other in [
-            "GET /.well-known/mercure?topic=a HTTP/1.1\r\nHost: x\r\n\r\n",
-            "POST /.well-known/mercure HTTP/1.1\r\nAccept: text/event-stream\r\nContent-Length: 3\r\n\r\n",
-            "GET /.well-known/mercure HTTP/1.1\r\nAccept: text/event-stream\r\nContent-Length: 3\r\n\r\n",
-            "GET /.well-known/mercure HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n",
-        ] {
-            assert!(parse(other).is_none(), "{other}");
         }
     }
 }
