@@ -164,49 +164,101 @@ async fn write_head(stream: &mut TcpStream, res: &Parts, framing: Framing) -> io
     stream.write_all(&http1::response_head(res, framing)).await
 }
 
-/// Writes each chunk of a live body as an HTTP/1.1 chunk until the body
-/// ends (then the terminating chunk) or the client goes away.
+/// Most pieces of a live body gathered into one chunk (one `writev`).
+const GATHER: usize = 64;
+
+/// What is ready to be written.
+enum Ready {
+    /// Pieces (the first, then the others), and whether the body ended.
+    Pieces(Bytes, Vec<Bytes>, bool),
+    /// The body ended with nothing more.
+    Ended,
+    /// The client went away.
+    Gone,
+}
+
+/// Writes a live body until it ends (then the terminating chunk) or the
+/// client goes away. Everything ready at once is one HTTP/1.1 chunk,
+/// written by one `writev` straight from the pieces (shared event bytes,
+/// never copied).
 async fn write_chunks(stream: &mut TcpStream, mut chunks: Chunks, stall_timeout: Duration) {
     loop {
-        let next = poll_fn(|cx| {
+        let ready = poll_fn(|cx| {
             // The client sends nothing on an event stream; reading tells
             // when it goes (EOF or reset). Stray bytes are dropped.
             while stream.poll_read_ready(cx).is_ready() {
                 let mut sink = [0u8; 256];
                 match stream.try_read(&mut sink) {
-                    Ok(0) => return Poll::Ready(None),
+                    Ok(0) => return Poll::Ready(Ready::Gone),
                     Ok(_) => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => return Poll::Ready(None),
+                    Err(_) => return Poll::Ready(Ready::Gone),
                 }
             }
-            chunks.poll_next_unpin(cx).map(Some)
+            let mut first: Option<Bytes> = None;
+            let mut more = Vec::new();
+            loop {
+                match chunks.poll_next_unpin(cx) {
+                    Poll::Ready(Some(piece)) if piece.is_empty() => {}
+                    Poll::Ready(Some(piece)) => match &first {
+                        None => first = Some(piece),
+                        Some(_) => {
+                            more.push(piece);
+                            if more.len() + 1 >= GATHER {
+                                break;
+                            }
+                        }
+                    },
+                    Poll::Ready(None) => {
+                        return Poll::Ready(match first {
+                            Some(first) => Ready::Pieces(first, more, true),
+                            None => Ready::Ended,
+                        })
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            match first {
+                Some(first) => Poll::Ready(Ready::Pieces(first, more, false)),
+                None => Poll::Pending,
+            }
         })
         .await;
-        let written = match next {
-            None => return, // the client went away
-            Some(None) => {
-                write_all_vectored(
-                    stream,
-                    &mut [IoSlice::new(http1::LAST_CHUNK)],
-                    stall_timeout,
-                )
-                .await;
-                return;
-            }
-            Some(Some(chunk)) if chunk.is_empty() => continue,
-            Some(Some(chunk)) => {
-                let mut size = [0u8; 18];
-                let size = http1::chunk_size_line(chunk.len(), &mut size);
+        let (first, more, ended) = match ready {
+            Ready::Gone => return,
+            Ready::Ended => (None, Vec::new(), true),
+            Ready::Pieces(first, more, ended) => (Some(first), more, ended),
+        };
+        if let Some(first) = first {
+            let len = first.len() + more.iter().map(Bytes::len).sum::<usize>();
+            let mut size = [0u8; 18];
+            let size = http1::chunk_size_line(len, &mut size);
+            let written = if more.is_empty() {
                 let mut parts = [
                     IoSlice::new(size),
-                    IoSlice::new(&chunk),
+                    IoSlice::new(&first),
                     IoSlice::new(b"\r\n"),
                 ];
                 write_all_vectored(stream, &mut parts, stall_timeout).await
+            } else {
+                let mut parts = Vec::with_capacity(more.len() + 3);
+                parts.push(IoSlice::new(size));
+                parts.push(IoSlice::new(&first));
+                parts.extend(more.iter().map(|p| IoSlice::new(p)));
+                parts.push(IoSlice::new(b"\r\n"));
+                write_all_vectored(stream, &mut parts, stall_timeout).await
+            };
+            if !written {
+                return;
             }
-        };
-        if !written {
+        }
+        if ended {
+            write_all_vectored(
+                stream,
+                &mut [IoSlice::new(http1::LAST_CHUNK)],
+                stall_timeout,
+            )
+            .await;
             return;
         }
     }

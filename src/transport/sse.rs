@@ -1,11 +1,11 @@
 //! The Server-Sent Events response body.
 //!
-//! One [`EventStream`] per connection. It first writes the prelude (an
+//! One [`EventStream`] per connection. It first yields the prelude (an
 //! opening comment so clients see the stream open, and an optional
-//! `retry:`), then the replayed publications, then live ones. Everything
-//! queued when the stream is polled is written as one chunk, so a burst
-//! costs one write, not one per event. Publications reuse their shared
-//! encoding.
+//! `retry:`), then the replayed publications, then live ones: each one's
+//! shared encoding itself, never a copy. The writer takes everything ready
+//! at once and writes it in one go (`server::http1` gathers the pieces into
+//! one `writev`), so a burst costs one write, not one per event.
 //!
 //! With `hub.write_interval` set, a stream writes live publications at most
 //! once per interval: what arrives sooner waits for the next write, so a
@@ -32,9 +32,6 @@ use tokio::time::{Instant, Sleep};
 use crate::hub::{Delivery, Publication, Subscription};
 use crate::protocol::mercure::sse;
 
-/// Most replayed publications written in one chunk.
-const REPLAY_BATCH: usize = 256;
-
 /// The body of one SSE response.
 pub struct EventStream {
     prelude: Option<Bytes>,
@@ -50,7 +47,9 @@ pub struct EventStream {
     hold_until: Option<Instant>,
     /// Something waits for the hold to end: the timer must wake us then.
     held: bool,
+    /// Deliveries taken from the queue, yielded from `next` on.
     batch: Vec<Delivery>,
+    next: usize,
     finished: bool,
     _guard: Option<Box<dyn Send + Sync>>,
     _open: crate::metrics::OpenConnection,
@@ -96,6 +95,7 @@ impl EventStream {
             hold_until: None,
             held: false,
             batch: Vec::new(),
+            next: 0,
             finished: false,
             _guard: guard,
             _open: crate::metrics::connection_opened("mercure", "sse"),
@@ -107,28 +107,21 @@ impl EventStream {
         Poll::Ready(Some(sse::comment(&format!("tidings: {reason}"))))
     }
 
-    /// The live publications taken from the queue, encoded as one chunk
-    /// (empty when all of them came through replay already). A lone
-    /// publication is its shared encoding itself: no copy.
-    fn encode_batch(&mut self) -> Bytes {
-        // Anything at or before the snapshot came through replay.
+    /// The next publication of the batch taken from the queue, if any is
+    /// left (those at or before the snapshot came through replay).
+    fn next_in_batch(&mut self) -> Option<Bytes> {
         let skip_upto = self.subscription.handle.snapshot_seq;
-        let mut live = self.batch.drain(..).filter_map(|d| match d {
-            Delivery::Publication(p) if p.seq > skip_upto => Some(p),
-            _ => None,
-        });
-        let Some(first) = live.next() else {
-            return Bytes::new();
-        };
-        let Some(second) = live.next() else {
-            return first.sse().clone();
-        };
-        let mut out = BytesMut::from(&first.sse()[..]);
-        out.extend_from_slice(second.sse());
-        for p in live {
-            out.extend_from_slice(p.sse());
+        while let Some(d) = self.batch.get(self.next) {
+            self.next += 1;
+            if let Delivery::Publication(p) = d {
+                if p.seq > skip_upto {
+                    return Some(p.sse().clone());
+                }
+            }
         }
-        out.freeze()
+        self.batch.clear();
+        self.next = 0;
+        None
     }
 }
 
@@ -143,12 +136,11 @@ impl Stream for EventStream {
         if let Some(p) = this.prelude.take() {
             return Poll::Ready(Some(p));
         }
-        if this.replay.len() > 0 {
-            let mut out = BytesMut::new();
-            for p in this.replay.by_ref().take(REPLAY_BATCH) {
-                out.extend_from_slice(p.sse());
-            }
-            return Poll::Ready(Some(out.freeze()));
+        if let Some(p) = this.replay.next() {
+            return Poll::Ready(Some(p.sse().clone()));
+        }
+        if let Some(event) = this.next_in_batch() {
+            return Poll::Ready(Some(event));
         }
         loop {
             let now = Instant::now();
@@ -163,15 +155,14 @@ impl Stream for EventStream {
                 match this.subscription.sink.poll_take(cx, &mut this.batch) {
                     Poll::Ready(Err(reason)) => return this.finish(reason),
                     Poll::Ready(Ok(())) => {
-                        let out = this.encode_batch();
-                        if out.is_empty() {
+                        let Some(event) = this.next_in_batch() else {
                             continue;
-                        }
+                        };
                         this.last_write = now;
                         if !this.write_interval.is_zero() {
                             this.hold_until = Some(now + this.write_interval);
                         }
-                        return Poll::Ready(Some(out));
+                        return Poll::Ready(Some(event));
                     }
                     Poll::Pending => {}
                 }
