@@ -5,7 +5,8 @@
 # after the other, over SSE and over WebSocket, and writes
 # docs/performance.md with the tables, ratios and charts. tidings runs twice:
 # with its defaults, and with `hub.write_interval=0s` (every publication
-# written as it comes, as nchan does).
+# written as it comes, as nchan does). Over WebSocket, tidings is also
+# measured with permessage-deflate against itself without it.
 #
 #   scripts/bench-vs-nchan.sh            # full run (a few minutes)
 #   QUICK=1 scripts/bench-vs-nchan.sh    # short steps, to check the setup
@@ -14,9 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ -n "${QUICK:-}" ]; then
-  DURATION=2s; RAMP_STEPS=3; IDLE_CHANNELS=10; OUT_DIR=$(mktemp -d); DOC=$OUT_DIR/performance.md
+  DURATION=2s; FANOUT_DURATION=2s; RAMP_STEPS=3; IDLE_CHANNELS=10; OUT_DIR=$(mktemp -d); DOC=$OUT_DIR/performance.md
 else
-  DURATION=5s; RAMP_STEPS=8; IDLE_CHANNELS=100; OUT_DIR=docs/performance; DOC=docs/performance.md
+  DURATION=5s; FANOUT_DURATION=10s; RAMP_STEPS=8; IDLE_CHANNELS=100; OUT_DIR=docs/performance; DOC=docs/performance.md
 fi
 mkdir -p "$OUT_DIR"
 
@@ -51,8 +52,10 @@ start_servers() {
   nginx -c "$RUN/nchan.conf" -p "$RUN" &
   # In-memory history, like nchan's message buffer (the disk store's
   # durable commits are measured in docs/decisions.md).
+  # Compression is agreed only with clients that offer it (`--ws-compress`).
   local serve=(serve --history memory --log-level warn --set demo=false
-    --set centrifugo.api_key=$API_KEY --set centrifugo.channel.allow_subscribe=true)
+    --set centrifugo.api_key=$API_KEY --set centrifugo.channel.allow_subscribe=true
+    --set centrifugo.websocket_compression=true)
   target/release/tidings "${serve[@]}" --listen "127.0.0.1:$TIDINGS_PORT" --data-dir "$RUN/tidings" >/dev/null &
   TIDINGS_PID=$!
   target/release/tidings "${serve[@]}" --listen "127.0.0.1:$TIDINGS0_PORT" --data-dir "$RUN/tidings0" \
@@ -72,9 +75,12 @@ start_servers() {
 
 bench() { # name server wire args...
   local name=$1 server=$2 wire=$3; shift 3
-  local target pids url label
+  local target pids url label extra=""
   if [ "$server" = tidings ]; then
     target=tidings-$wire; url=http://127.0.0.1:$TIDINGS_PORT; pids="--pid $TIDINGS_PID"; label=tidings
+  elif [ "$server" = tidingsz ]; then
+    target=tidings-$wire; url=http://127.0.0.1:$TIDINGS_PORT; pids="--pid $TIDINGS_PID"
+    label="tidings, permessage-deflate"; extra=--ws-compress
   elif [ "$server" = tidings0 ]; then
     target=tidings-$wire; url=http://127.0.0.1:$TIDINGS0_PORT; pids="--pid $TIDINGS0_PID"
     label="tidings, write_interval=0s"
@@ -84,7 +90,7 @@ bench() { # name server wire args...
   fi
   echo "== $name: $server over $wire" >&2
   # shellcheck disable=SC2086
-  target/release/tidings bench --quiet --target "$target" --url "$url" $pids --label "$label" \
+  target/release/tidings bench --quiet --target "$target" --url "$url" $pids --label "$label" $extra \
     --set centrifugo.api_key=$API_KEY --scenario "$name" \
     --json "$OUT_DIR/$name-$server-$wire.json" "$@" >&2
 }
@@ -96,10 +102,18 @@ for wire in sse ws; do
     bench idle "$server" $wire --channels $IDLE_CHANNELS --subscribers 100 --rate 0
   done
   for server in tidings tidings0 nchan; do
-    bench fanout "$server" $wire --channels 1 --subscribers 1000 --rate 100 --payload 100 --duration $DURATION
+    bench fanout "$server" $wire --channels 1 --subscribers 1000 --rate 100 --payload 100 --duration $FANOUT_DURATION
     bench ramp "$server" $wire --channels 10 --subscribers 100 --rate 1000 --payload 100 \
       --duration $DURATION --ramp 1.5 --ramp-steps $RAMP_STEPS --ramp-p99 50ms --publishers 10
   done
+  if [ $wire = ws ]; then
+    for size in 100 1000; do
+      for server in tidingsz tidings; do
+        bench deflate-$size "$server" ws --channels 1 --subscribers 1000 --rate 100 --payload $size \
+          --duration $FANOUT_DURATION
+      done
+    done
+  fi
   stop_servers
 done
 
@@ -121,7 +135,7 @@ done
   echo
   echo "## Scenarios"
   echo
-  echo "1. **fanout**: 1 channel × 1000 subscribers, 100 publications/s, 100-byte payload, $DURATION."
+  echo "1. **fanout**: 1 channel × 1000 subscribers, 100 publications/s, 100-byte payload, $FANOUT_DURATION."
   echo "2. **ramp**: 10 channels × 100 subscribers, from 1000 publications/s, ×1.5 per $DURATION step"
   echo "   while nothing is lost, p99 < 50 ms and the offered rate is achieved (at most $RAMP_STEPS steps);"
   echo "   the table shows the last good step (the knee)."
@@ -130,7 +144,7 @@ done
   echo "Commands (see the script for the exact flags):"
   echo
   echo '```sh'
-  echo "tidings bench --target tidings-sse --url http://127.0.0.1:$TIDINGS_PORT --pid <pid> --channels 1 --subscribers 1000 --rate 100 --duration $DURATION"
+  echo "tidings bench --target tidings-sse --url http://127.0.0.1:$TIDINGS_PORT --pid <pid> --channels 1 --subscribers 1000 --rate 100 --duration $FANOUT_DURATION"
   echo "tidings bench --target nchan-ws --url http://127.0.0.1:$NCHAN_PORT --pid <worker> --pid <worker> --channels 10 --subscribers 100 --rate 1000 --ramp 1.5 --ramp-p99 50ms"
   echo '```'
   echo
@@ -147,6 +161,16 @@ done
         echo
       fi
     done
+  done
+  echo "## WebSocket compression"
+  echo
+  echo "tidings over WebSocket with permessage-deflate (\`centrifugo.websocket_compression=true\`,"
+  echo "level 1, the bench's subscribers offering it) against itself without, in the fanout scenario"
+  echo "with 100-byte and 1000-byte payloads of words (text that compresses like real messages)."
+  echo
+  for size in 100 1000; do
+    target/release/tidings bench --compare "$OUT_DIR/deflate-$size-tidingsz-ws.json" \
+      "$OUT_DIR/deflate-$size-tidings-ws.json"
   done
   echo "## Raw reports"
   echo

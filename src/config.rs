@@ -120,6 +120,8 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("centrifugo.handshake_timeout", Kind::Str),
     ("centrifugo.channel_limit", Kind::Int),
     ("centrifugo.max_frame", Kind::Int),
+    ("centrifugo.websocket_compression", Kind::Bool),
+    ("centrifugo.websocket_compression_level", Kind::Int),
     ("centrifugo.transports", Kind::List),
     ("centrifugo.channel.allow_subscribe", Kind::Bool),
     ("centrifugo.channel.allow_publish", Kind::Bool),
@@ -580,6 +582,10 @@ pub struct CentrifugoConfig {
     pub channel_limit: usize,
     /// Largest inbound frame, in bytes.
     pub max_frame: usize,
+    /// Agree to permessage-deflate with WebSocket clients that offer it.
+    pub websocket_compression: bool,
+    /// Deflate level of what the hub sends (1 fastest … 9 smallest).
+    pub websocket_compression_level: u32,
     /// Enabled connection transports (`websocket`, `http_stream`, `sse`,
     /// `uni_websocket`, `uni_http_stream`, `uni_sse`).
     pub transports: Vec<String>,
@@ -603,6 +609,8 @@ impl Default for CentrifugoConfig {
             handshake_timeout: "10s".into(),
             channel_limit: 128,
             max_frame: 65536,
+            websocket_compression: false,
+            websocket_compression_level: 1,
             transports: crate::centrifugo::Transport::ALL
                 .iter()
                 .map(|t| t.name().to_owned())
@@ -839,6 +847,8 @@ pub struct CentrifugoSettings {
     pub channel_limit: usize,
     /// Inbound frame limit.
     pub max_frame: usize,
+    /// permessage-deflate: the level of what the hub sends, if agreed.
+    pub websocket_compression: Option<u32>,
     /// Enabled transports.
     pub transports: Vec<crate::centrifugo::Transport>,
     /// Default namespace options.
@@ -1443,6 +1453,16 @@ impl Config {
             handshake_timeout: duration("centrifugo.handshake_timeout", &c.handshake_timeout)?,
             channel_limit: positive("centrifugo.channel_limit", c.channel_limit)?,
             max_frame: positive("centrifugo.max_frame", c.max_frame)?,
+            websocket_compression: match c.websocket_compression_level {
+                _ if !c.websocket_compression => None,
+                level @ 1..=9 => Some(level),
+                _ => {
+                    return Err(invalid(
+                        "centrifugo.websocket_compression_level",
+                        "must be between 1 and 9",
+                    ))
+                }
+            },
             transports,
             default_namespace: c.channel.clone(),
             namespaces,

@@ -14,6 +14,7 @@
 //!   → encode once per wire format      hub::Publication::sse → protocol::mercure::sse
 //!     and per Centrifugo encoding      hub::Publication::centrifuge_push
 //!   → write to each connection         transport::sse::EventStream, transport::websocket
+//!     (a busy one once per clock tick) hub::clock
 //! ```
 //!
 //! - [`protocol`]: pure codecs (no I/O): where bytes become requests and

@@ -110,6 +110,10 @@ struct BenchArgs {
     /// Name of the server in the report (default: the target's).
     #[arg(long)]
     label: Option<String>,
+    /// WebSocket subscribers offer permessage-deflate (and inflate what
+    /// comes compressed).
+    #[arg(long)]
+    ws_compress: bool,
 }
 
 #[derive(Subcommand)]
@@ -335,6 +339,7 @@ async fn bench(args: BenchArgs) -> Result<()> {
                         init: Vec::new(),
                         ready_replies: 0,
                         pong: false,
+                        compress: false,
                     }
                 } else {
                     tidings::bench::client::Subscribe::Sse {
@@ -355,6 +360,9 @@ async fn bench(args: BenchArgs) -> Result<()> {
     };
     target.pids = args.pids.clone();
     target.sub_nodes = args.sub_nodes.clone();
+    if let tidings::bench::client::Subscribe::WebSocket { compress, .. } = &mut target.subscribe {
+        *compress = args.ws_compress;
+    }
     if let Some(label) = &args.label {
         target.name = label.clone();
     }

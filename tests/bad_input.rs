@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::ws::ws_frame;
+use common::ws::{deflate_message, raw_dial, ws_frame};
 use common::*;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -231,27 +231,7 @@ async fn publishing_with_a_cookie_requires_a_matching_origin() {
 /// A WebSocket handshake on a raw TCP connection, so that the frames after
 /// it can be anything a broken or hostile client sends.
 async fn raw_websocket(hub: &Hub) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
-    tcp.write_all(
-        b"GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
-          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-          Sec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "handshake cut");
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{:?}",
-        String::from_utf8_lossy(&head)
-    );
-    tcp
+    raw_dial(&hub.addr, None).await.0
 }
 
 /// The close code the server sends (None: the connection ended without a
@@ -296,7 +276,11 @@ async fn hostile_frames_and_tokens_lose_no_publication() {
     use tokio::io::AsyncWriteExt;
     const SECRET: &str = "bad-input-secret";
     const N: usize = 150;
-    let hub = centrifugo_hub(SECRET, "bad-input-api-key", &[]);
+    let hub = centrifugo_hub(
+        SECRET,
+        "bad-input-api-key",
+        &[("centrifugo.websocket_compression", "true")],
+    );
     let mut sse = open(&hub, "match=steady", &[]).await;
     let mut ws = {
         let token = tidings::auth::jwt::mint(
@@ -406,6 +390,55 @@ async fn hostile_frames_and_tokens_lose_no_publication() {
         let mut tcp = raw_websocket(&hub).await;
         tcp.write_all(&bytes).await.unwrap();
         assert_eq!(server_close_code(&mut tcp).await, expected, "{what}");
+    }
+    // With permessage-deflate agreed: RFC 7692's rules and limits.
+    let zipped = |data: &[u8]| ws_frame(0xc1, &deflate_message(data), true);
+    let deflate_frames: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "RSV1 on a ping",
+            ws_frame(0x80 | 0x40 | 0x9, b"p", true),
+            1002,
+        ),
+        (
+            "RSV1 on a continuation frame",
+            {
+                let mut f = ws_frame(0x01, b"{", true);
+                f.extend(ws_frame(0x80 | 0x40, b"}", true));
+                f
+            },
+            1002,
+        ),
+        (
+            "invalid compressed data",
+            ws_frame(0xc1, &[0xff; 32], true),
+            1007,
+        ),
+        (
+            "a deflate bomb (past centrifugo.max_frame once inflated)",
+            zipped(&vec![b'{'; 1 << 20]),
+            1009,
+        ),
+        (
+            "an unmasked compressed frame",
+            {
+                let mut f = zipped(b"{}");
+                f[1] &= 0x7f;
+                f.drain(2..6);
+                f
+            },
+            1002,
+        ),
+        (
+            "compressed text inflating to invalid UTF-8",
+            zipped(&[0xc3, 0x28]),
+            1007,
+        ),
+    ];
+    for (what, bytes, expected) in deflate_frames {
+        let (mut tcp, head) = raw_dial(&hub.addr, Some("permessage-deflate")).await;
+        assert!(head.contains("permessage-deflate"), "{what}: not agreed");
+        tcp.write_all(&bytes).await.unwrap();
+        assert_eq!(server_close_code(&mut tcp).await, Some(expected), "{what}");
     }
     // A frame announcing 2^62 bytes: refused before anything is buffered.
     let mut tcp = raw_websocket(&hub).await;

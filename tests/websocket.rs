@@ -560,3 +560,131 @@ async fn skip_head(mut tcp: tokio::net::TcpStream) -> tokio::net::TcpStream {
     );
     tcp
 }
+
+/// permessage-deflate: a client that offers it gets it (with both sides
+/// without context takeover), its compressed commands are understood, and
+/// publications arrive compressed, inflating to exactly what an
+/// uncompressed client receives. An offer the hub cannot honour, or no
+/// offer, gets plain frames; with compression off, nobody gets it.
+#[tokio::test]
+async fn compression_is_agreed_and_works_both_ways() {
+    use tokio::io::AsyncWriteExt;
+    let hub = start(&[("centrifugo.websocket_compression", "true")]);
+    let (mut tcp, head) = raw_dial(
+        &hub.addr,
+        Some("permessage-deflate; client_max_window_bits"),
+    )
+    .await;
+    let agreed = head
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("sec-websocket-extensions:")
+        })
+        .expect("extension agreed");
+    assert!(agreed.contains("permessage-deflate"), "{agreed}");
+    assert!(agreed.contains("server_no_context_takeover"), "{agreed}");
+    assert!(agreed.contains("client_no_context_takeover"), "{agreed}");
+
+    // Commands, compressed (RSV1), in one frame.
+    let commands = [
+        json!({"id": 1, "connect": {"token": conn_token("zip", 3600)}}),
+        json!({"id": 2, "subscribe": {"channel": "zipped"}}),
+    ]
+    .map(|v| v.to_string())
+    .join("\n");
+    tcp.write_all(&ws_frame(0xc1, &deflate_message(commands.as_bytes()), true))
+        .await
+        .unwrap();
+    let mut replies = Vec::new();
+    while replies.len() < 2 {
+        let (first, payload) = read_frame(&mut tcp).await;
+        assert_eq!(first & 0x0f, 0x1, "text");
+        assert_eq!(first & 0x40, 0x40, "compressed");
+        let text = String::from_utf8(inflate_message(&payload)).unwrap();
+        replies.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+        );
+    }
+    assert!(replies[0]["connect"]["client"].is_string(), "{replies:?}");
+    assert!(replies[1]["subscribe"].is_object(), "{replies:?}");
+
+    // A plain subscriber beside it, on the same channel.
+    let mut plain = connected(&hub, "plain").await;
+    send(
+        &mut plain,
+        &json!({"id": 2, "subscribe": {"channel": "zipped"}}).to_string(),
+    )
+    .await;
+    recv(&mut plain).await;
+
+    // Publications (a burst: several may share a message) arrive
+    // compressed, and inflate to what the plain client gets.
+    let long = "compressible ".repeat(40);
+    for i in 0..5 {
+        let (status, _) = api(
+            &hub,
+            "publish",
+            json!({"channel": "zipped", "data": {"i": i, "text": long}}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let mut zipped_bytes = 0;
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let (first, payload) = read_frame(&mut tcp).await;
+        assert_eq!(first & 0x40, 0x40, "compressed");
+        zipped_bytes += payload.len();
+        let text = String::from_utf8(inflate_message(&payload)).unwrap();
+        got.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+        );
+    }
+    let mut expected = Vec::new();
+    while expected.len() < 5 {
+        expected.extend(recv(&mut plain).await);
+    }
+    assert_eq!(got, expected);
+    let plain_bytes: usize = expected.iter().map(|v| v.to_string().len()).sum();
+    assert!(
+        zipped_bytes * 4 < plain_bytes,
+        "{zipped_bytes} vs {plain_bytes}"
+    );
+
+    // A compressed publish from the client reaches the plain one.
+    let publish = json!({"id": 3, "publish": {"channel": "zipped", "data": {"from": "zip"}}});
+    tcp.write_all(&ws_frame(
+        0xc1,
+        &deflate_message(publish.to_string().as_bytes()),
+        true,
+    ))
+    .await
+    .unwrap();
+    let mut seen = false;
+    while !seen {
+        seen = recv(&mut plain)
+            .await
+            .iter()
+            .any(|m| m["push"]["pub"]["data"]["from"] == "zip");
+    }
+
+    // Offers the hub declines, and no offer: plain frames.
+    for offer in [Some("permessage-deflate; server_max_window_bits=10"), None] {
+        let (_, head) = raw_dial(&hub.addr, offer).await;
+        assert!(
+            !head
+                .to_ascii_lowercase()
+                .contains("sec-websocket-extensions"),
+            "{offer:?}: {head}"
+        );
+    }
+    // Compression off (the default): an offer is not taken up.
+    let off = start(&[]);
+    let (_, head) = raw_dial(&off.addr, Some("permessage-deflate")).await;
+    assert!(!head
+        .to_ascii_lowercase()
+        .contains("sec-websocket-extensions"));
+}

@@ -391,7 +391,6 @@ async fn subscribe_inner(
             heartbeat: s.heartbeat,
             retry: s.sse_retry,
             deadline,
-            write_interval: state.hub.options().write_interval,
         },
         guard,
     );

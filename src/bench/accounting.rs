@@ -129,11 +129,30 @@ fn number(bytes: &[u8]) -> (u64, usize) {
     (value, digits)
 }
 
-/// The payload of publication `seq` sent at `time_us`, padded to `size` bytes.
+/// The payload of publication `seq` sent at `time_us`, padded to `size` bytes
+/// with words drawn from a small vocabulary, so that it compresses about as
+/// well as the text of a real message (a run of one letter would make
+/// permessage-deflate look far better than it is).
 pub fn payload(seq: u64, time_us: u64, size: usize) -> String {
+    const WORDS: [&str; 32] = [
+        "price", "update", "order", "user", "status", "active", "market", "value", "symbol",
+        "volume", "change", "open", "close", "high", "low", "bid", "ask", "trade", "time", "room",
+        "message", "text", "author", "reply", "seen", "typing", "online", "away", "score", "level",
+        "team", "round",
+    ];
     let head = format!("{{\"seq\":{seq},\"t\":{time_us},\"p\":\"");
     let pad = size.saturating_sub(head.len() + 2);
-    format!("{head}{}\"}}", "x".repeat(pad))
+    let mut text = String::with_capacity(pad + 8);
+    let mut state = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while text.len() < pad {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        text.push_str(WORDS[(state % WORDS.len() as u64) as usize]);
+        text.push(' ');
+    }
+    text.truncate(pad);
+    format!("{head}{text}\"}}")
 }
 
 /// Latencies in microseconds, 1 µs to 10 minutes, 3 significant digits.

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::accounting::{scan, Tally};
 use super::wire::{client_frame, Frames, Lines, Op, Responses};
 use super::BenchError;
+use crate::protocol::websocket::deflate::MessageInflater;
 
 /// Microseconds since the Unix epoch.
 pub fn now_us() -> u64 {
@@ -88,6 +89,8 @@ pub enum Subscribe {
         ready_replies: usize,
         /// Answer `{}` pings with `{}` (Centrifugo).
         pong: bool,
+        /// Offer permessage-deflate (and inflate compressed messages).
+        compress: bool,
     },
 }
 
@@ -144,15 +147,22 @@ pub async fn subscribe(how: &Subscribe, stop: CancellationToken) -> Result<Subsc
             init,
             ready_replies,
             pong,
+            compress,
         } => {
             let (mut tcp, authority, path) = connect(url).await?;
             let key = {
                 use base64::Engine;
                 base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes())
             };
+            let extensions = if *compress {
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+            } else {
+                ""
+            };
             let req = format!(
                 "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n\
-                 Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                 Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
+                 {extensions}\r\n"
             );
             tcp.write_all(req.as_bytes())
                 .await
@@ -180,8 +190,8 @@ pub async fn subscribe(how: &Subscribe, stop: CancellationToken) -> Result<Subsc
                 let ok = frames.feed(&pending, |op, payload| {
                     if replies >= *ready_replies {
                         on_frame(op, payload, pong, &mut sink.lock(), now, &mut answers);
-                    } else if op == Op::Data {
-                        let text = String::from_utf8_lossy(payload);
+                    } else if let Some(message) = data(op, payload) {
+                        let text = String::from_utf8_lossy(&message);
                         replies += text.lines().filter(|l| l.contains("\"id\"")).count();
                         if text.contains("\"error\"") {
                             error = Some(text.into_owned());
@@ -233,6 +243,29 @@ pub async fn subscribe(how: &Subscribe, stop: CancellationToken) -> Result<Subsc
     }
 }
 
+thread_local! {
+    /// One inflater per bench thread: the server compresses without
+    /// context takeover, so each message inflates on its own.
+    static INFLATER: std::cell::RefCell<MessageInflater> =
+        std::cell::RefCell::new(MessageInflater::new(super::wire::MAX_FRAME as usize));
+}
+
+/// A data frame's message: as it is, or inflated (None if it does not
+/// inflate).
+fn data(op: Op, payload: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    match op {
+        Op::Data => Some(payload.into()),
+        Op::Compressed => INFLATER.with(|inflater| {
+            let mut inflater = inflater.borrow_mut();
+            inflater.reset();
+            let mut plain = Vec::new();
+            inflater.frame(payload, true, &mut plain).ok()?;
+            Some(plain.into())
+        }),
+        _ => None,
+    }
+}
+
 /// Handles one frame from the server; true when it is a close.
 fn on_frame(
     op: Op,
@@ -243,8 +276,11 @@ fn on_frame(
     answers: &mut Vec<Vec<u8>>,
 ) -> bool {
     match op {
-        Op::Data if pong && payload == b"{}" => answers.push(client_frame(0x1, b"{}")),
-        Op::Data => r.record_all(payload, now),
+        Op::Data | Op::Compressed => match data(op, payload) {
+            Some(m) if pong && *m == *b"{}" => answers.push(client_frame(0x1, b"{}")),
+            Some(m) => r.record_all(&m, now),
+            None => {}
+        },
         Op::Ping => answers.push(client_frame(0xA, payload)),
         Op::Close => return true,
         Op::Other => {}

@@ -122,6 +122,7 @@ impl Target {
                 ],
                 ready_replies: 2,
                 pong: true,
+                compress: false,
             },
             publish: Publish {
                 url: format!("{base}/api/publish"),
@@ -148,6 +149,7 @@ impl Target {
                 init: Vec::new(),
                 ready_replies: 0,
                 pong: false,
+                compress: false,
             },
         };
         Target {
@@ -197,11 +199,13 @@ impl Target {
                 init,
                 ready_replies,
                 pong,
+                compress,
             } => Subscribe::WebSocket {
                 url: fill(url),
                 init: init.iter().map(|m| fill(m)).collect(),
                 ready_replies: *ready_replies,
                 pong: *pong,
+                compress: *compress,
             },
         }
     }

@@ -66,6 +66,8 @@ impl Lines {
 pub enum Op {
     /// Text or binary data (or a continuation of it).
     Data,
+    /// A whole permessage-deflate message (RSV1 set).
+    Compressed,
     /// A close frame: the server is done.
     Close,
     /// A ping: answer with a pong.
@@ -136,6 +138,7 @@ fn parse(bytes: &[u8], frame: &mut impl FnMut(Op, &[u8])) -> Option<usize> {
             return Some(at);
         }
         let op = match rest[0] & 0x0f {
+            0x1 | 0x2 if rest[0] & 0x40 != 0 => Op::Compressed,
             0x0..=0x2 => Op::Data,
             0x8 => Op::Close,
             0x9 => Op::Ping,
@@ -148,22 +151,8 @@ fn parse(bytes: &[u8], frame: &mut impl FnMut(Op, &[u8])) -> Option<usize> {
 
 /// A masked frame from a client (RFC 6455 requires clients to mask).
 pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask: [u8; 4] = rand_mask();
     let mut out = Vec::with_capacity(payload.len() + 14);
-    out.push(0x80 | opcode);
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    crate::protocol::websocket::client_frame(0x80 | opcode, payload, rand_mask(), &mut out);
     out
 }
 

@@ -5,8 +5,8 @@
 //! connect request of a unidirectional client), where batches of output
 //! go, and how the connection ends. Everything else is the same for all
 //! transports and lives here: the handshake timeout, pings and pongs, token
-//! expiry, hub deliveries written in batches (at most one write per
-//! `hub.write_interval`), server controls, slow-consumer and shutdown
+//! expiry, hub deliveries written in batches (the queue is held after each
+//! until the hub's write clock ticks), server controls, slow-consumer and shutdown
 //! disconnects.
 //!
 //! The loop waits on the wire, the hub queue, the control channel and one
@@ -27,7 +27,7 @@ use tracing::Instrument;
 use super::session::{Disconnect, Session};
 use super::{Node, Transport};
 use crate::hub::{Delivery, ENGINE_RESET, SHUTTING_DOWN};
-use crate::protocol::centrifuge::outbox::Outbox;
+use crate::protocol::centrifuge::outbox::{Outbox, Payload};
 use crate::protocol::centrifuge::resume::ChannelPosition;
 use crate::protocol::centrifuge::{disconnect, Encoding};
 
@@ -47,7 +47,7 @@ pub trait Wire: Send {
     /// Polls for the client's next frame.
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Inbound>;
     /// Writes one batch of output; false when the client is gone.
-    fn send(&mut self, batch: &[u8]) -> impl Future<Output = bool> + Send;
+    fn send(&mut self, batch: Payload<'_>) -> impl Future<Output = bool> + Send;
     /// Ends the connection. WebSocket sends a close frame with the code;
     /// streams just end (the disconnect push was written before).
     fn close(self, code: u16, reason: &str) -> impl Future<Output = ()> + Send;
@@ -69,6 +69,8 @@ pub struct Start {
     pub remote: String,
     /// Request headers forwarded to proxies (`proxy.http_headers`).
     pub headers: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
+    /// permessage-deflate was agreed: batches are compressed at this level.
+    pub compression: Option<u32>,
 }
 
 /// Runs a connection until it ends (the hub closes its queue on shutdown).
@@ -80,15 +82,13 @@ pub fn run<W: Wire>(wire: W, node: Arc<Node>, start: Start) -> impl Future<Outpu
         client = tracing::field::Empty,
         user = tracing::field::Empty,
     );
-    drive(wire, node, start, span.clone()).instrument(span)
+    drive(wire, node, start, span)
 }
 
 /// What woke the loop.
 enum Event {
     Inbound(Inbound),
     Deliveries(Result<(), &'static str>),
-    /// Deliveries arrived while writes are held back.
-    Held,
     Timer,
 }
 
@@ -97,15 +97,16 @@ struct Deadlines {
     handshake: Instant,
     next_ping: Instant,
     pong: Option<Instant>,
-    /// No delivery write before this (the write interval after the last).
-    hold: Option<Instant>,
-    /// Deliveries wait for the hold to end: the timer must wake us then.
-    held: bool,
 }
 
 /// The loop itself. A function returning a block, not an `async fn`: an
 /// `async fn` keeps a second copy of its arguments in its state, and this
 /// state lives as long as the connection.
+///
+/// The connection's span is entered only where something may log (frames,
+/// controls, timers, the end), not around the whole loop: deliveries, the
+/// hot path, never log, and entering a span on every poll costs more than
+/// the rest of a delivery's bookkeeping.
 #[allow(clippy::manual_async_fn)] // on purpose, see above
 fn drive<W: Wire>(
     mut wire: W,
@@ -128,31 +129,33 @@ fn drive<W: Wire>(
         span.record("client", session.client());
         session.resume_from(start.resume_from);
         let settings = &node.settings;
-        let write_interval = node.hub.options().write_interval;
         let began = Instant::now();
         let far = began + Duration::from_secs(365 * 24 * 3600);
         let mut deadlines = Deadlines {
             handshake: began + settings.handshake_timeout,
             next_ping: began + settings.ping_interval,
             pong: None,
-            hold: None,
-            held: false,
         };
         let mut timer = pin!(tokio::time::sleep_until(far));
         let mut timer_at = far;
         let mut batch = Vec::new();
         let mut out = Outbox::new(start.encoding, transport.framing());
+        if let Some(level) = start.compression {
+            out.compress(level);
+        }
         let mut first_frame = start.first_frame;
         let result: Result<(), Disconnect> = loop {
             let was_connected = session.is_connected();
             let mut delivered = false;
             let step: Result<(), Disconnect> = if let Some(frame) = first_frame.take() {
-                Box::pin(session.handle_frame(&frame, &mut out)).await
+                Box::pin(
+                    session
+                        .handle_frame(&frame, &mut out)
+                        .instrument(span.clone()),
+                )
+                .await
             } else {
                 let now = Instant::now();
-                if deadlines.hold.is_some_and(|h| now >= h) {
-                    (deadlines.hold, deadlines.held) = (None, false);
-                }
                 let at = next_deadline(&session, &deadlines, far);
                 // A timer set too late is moved; one set too early just
                 // fires and is set again (resetting costs a timer-wheel
@@ -161,17 +164,12 @@ fn drive<W: Wire>(
                     timer.as_mut().reset(at);
                     timer_at = at;
                 }
-                let (holding, held) = (deadlines.hold.is_some(), deadlines.held);
                 let event = poll_fn(|cx| {
                     if let Poll::Ready(inbound) = wire.poll_recv(cx) {
                         return Poll::Ready(Event::Inbound(inbound));
                     }
-                    if !holding {
-                        if let Poll::Ready(taken) = sink.poll_take(cx, &mut batch) {
-                            return Poll::Ready(Event::Deliveries(taken));
-                        }
-                    } else if !held && sink.poll_ready(cx).is_ready() {
-                        return Poll::Ready(Event::Held);
+                    if let Poll::Ready(taken) = sink.poll_take(cx, &mut batch) {
+                        return Poll::Ready(Event::Deliveries(taken));
                     }
                     match timer.as_mut().poll(cx) {
                         Poll::Ready(()) => Poll::Ready(Event::Timer),
@@ -181,33 +179,34 @@ fn drive<W: Wire>(
                 .await;
                 match event {
                     Event::Inbound(Inbound::Frame(frame)) => {
-                        Box::pin(session.handle_frame(&frame, &mut out)).await
+                        Box::pin(
+                            session
+                                .handle_frame(&frame, &mut out)
+                                .instrument(span.clone()),
+                        )
+                        .await
                     }
                     Event::Inbound(Inbound::Gone) => break Ok(()),
                     Event::Inbound(Inbound::Broken(code, reason)) => Err((code, reason.to_owned())),
                     Event::Deliveries(Ok(())) => {
                         delivered = true;
-                        deliver(&mut session, &mut batch, &mut out).await
+                        deliver(&mut session, &mut batch, &mut out, &span).await
                     }
                     Event::Deliveries(Err(reason)) => Err(to_disconnect(match reason {
                         r if r == SHUTTING_DOWN => disconnect::SHUTDOWN,
                         r if r == ENGINE_RESET => disconnect::INSUFFICIENT_STATE,
                         _ => disconnect::SLOW,
                     })),
-                    Event::Held => {
-                        // Something to write once the hold ends: the
-                        // timer now includes it.
-                        deadlines.held = true;
-                        Ok(())
-                    }
                     Event::Timer => {
-                        on_timer(&mut session, &mut deadlines, &node, transport, &mut out).await
+                        on_timer(&mut session, &mut deadlines, &node, transport, &mut out)
+                            .instrument(span.clone())
+                            .await
                     }
                 }
             };
             if !was_connected && session.is_connected() {
                 span.record("user", session.user());
-                tracing::debug!("connected");
+                span.in_scope(|| tracing::debug!("connected"));
             }
             if session.got_pong {
                 deadlines.pong = None;
@@ -218,13 +217,13 @@ fn drive<W: Wire>(
                 }
             }
             if !out.is_empty() {
-                let sent = wire.send(out.bytes()).await;
+                let sent = wire.send(out.payload()).await;
                 out.clear();
                 if !sent {
                     break Ok(());
                 }
-                if delivered && !write_interval.is_zero() {
-                    deadlines.hold = Some(Instant::now() + write_interval);
+                if delivered {
+                    sink.wrote();
                 }
             }
             if let Err(d) = step {
@@ -234,15 +233,15 @@ fn drive<W: Wire>(
         // The close frame goes out before the session counts as ended: a
         // shutdown waits for sessions to end, then the process exits.
         match &result {
-            Ok(()) => tracing::debug!("client went away"),
+            Ok(()) => span.in_scope(|| tracing::debug!("client went away")),
             Err((code, reason)) => {
-                tracing::debug!(code, %reason, "disconnecting");
+                span.in_scope(|| tracing::debug!(code, %reason, "disconnecting"));
                 crate::metrics::disconnect(transport.name(), *code, reason);
                 // Boxed: only a closing connection needs its room.
                 Box::pin(wire.close(*code, reason)).await;
             }
         }
-        session.ended(result.as_ref().err());
+        span.in_scope(|| session.ended(result.as_ref().err()));
     }
 }
 
@@ -252,12 +251,15 @@ async fn deliver(
     session: &mut Session,
     batch: &mut Vec<Delivery>,
     out: &mut Outbox,
+    span: &tracing::Span,
 ) -> Result<(), Disconnect> {
     let mut result = Ok(());
     for d in batch.drain(..) {
         match d {
             _ if result.is_err() => {}
-            Delivery::Control(control) => result = Box::pin(session.control(control, out)).await,
+            Delivery::Control(control) => {
+                result = Box::pin(session.control(control, out).instrument(span.clone())).await
+            }
             d => session.push(d, out),
         }
     }
@@ -275,7 +277,6 @@ fn next_deadline(session: &Session, d: &Deadlines, far: Instant) -> Instant {
         (!connected).then_some(d.handshake),
         connected.then_some(d.next_ping),
         d.pong,
-        d.hold.filter(|_| d.held),
         session.expires_at().map(from_secs),
         session.next_sub_refresh().map(from_secs),
     ]
@@ -294,9 +295,6 @@ async fn on_timer(
 ) -> Result<(), Disconnect> {
     let now = Instant::now();
     let settings = &node.settings;
-    if d.hold.is_some_and(|h| now >= h) {
-        (d.hold, d.held) = (None, false);
-    }
     if !session.is_connected() {
         if now >= d.handshake {
             return Err(to_disconnect(disconnect::STALE));

@@ -1180,7 +1180,10 @@ impl Session {
                         out.encoded(&push, self.resume_id().as_deref());
                     }
                 } else {
-                    out.encoded(encoded, None);
+                    let encoding = self.encoding;
+                    out.shared(encoded, |level| {
+                        p.centrifuge_push_deflated(encoding, level).clone()
+                    });
                 }
             }
             Delivery::Join(channel, info) => self.push_presence(&channel, &info, true, out),

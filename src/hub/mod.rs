@@ -14,6 +14,7 @@
 //! that is full is dropped from the hub with the reason
 //! [`SLOW_CONSUMER`]; it resumes from history when it reconnects.
 
+pub mod clock;
 pub mod presence;
 pub mod publication;
 pub mod sink;
@@ -73,10 +74,11 @@ pub struct HubOptions {
     pub max_batch: usize,
     /// How often expired history is reclaimed.
     pub sweep_interval: Duration,
-    /// Shortest time between two writes of publications to one connection
-    /// (zero: write as soon as they arrive). Publications arriving sooner
-    /// wait and go out together: fewer system calls and packets per
-    /// publication on busy connections, at most this much added latency.
+    /// The write clock's period (zero: no clock). A connection that has
+    /// just written publications writes again at the next tick, with all
+    /// that arrived meanwhile: fewer system calls and packets per
+    /// publication on busy connections, at most this much added latency
+    /// (see [`clock`]).
     pub write_interval: Duration,
 }
 
@@ -416,6 +418,8 @@ impl Hub {
             cluster.is_none(),
         ));
         let sweep = tokio::spawn(run_sweep(history.clone(), options.sweep_interval));
+        let clock = (!options.write_interval.is_zero())
+            .then(|| clock::WriteClock::start(options.write_interval));
         Arc::new(Hub {
             cluster,
             on_control: OnceLock::new(),
@@ -425,7 +429,7 @@ impl Hub {
             tasks: Mutex::new(vec![log, sweep]),
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
-            open_sinks: Default::default(),
+            open_sinks: Arc::new(sink::OpenSinks::new(clock)),
             publications,
             options,
             presence,

@@ -92,6 +92,9 @@ pub struct Publication {
     centrifuge_json: OnceLock<Bytes>,
     #[serde(skip)]
     centrifuge_protobuf: OnceLock<Bytes>,
+    /// The pushes compressed for permessage-deflate (JSON, Protobuf).
+    #[serde(skip)]
+    centrifuge_deflated: [OnceLock<Bytes>; 2],
 }
 
 impl Publication {
@@ -106,6 +109,7 @@ impl Publication {
             sse: OnceLock::new(),
             centrifuge_json: OnceLock::new(),
             centrifuge_protobuf: OnceLock::new(),
+            centrifuge_deflated: Default::default(),
         }
     }
 
@@ -169,6 +173,16 @@ impl Publication {
                 ..Default::default()
             };
             centrifuge::encode(encoding, &reply)
+        })
+    }
+
+    /// [`Publication::centrifuge_push`] as a permessage-deflate piece,
+    /// compressed once at `level` (the level is the same for the whole hub)
+    /// and shared by every WebSocket receiver that agreed to compression.
+    pub fn centrifuge_push_deflated(&self, encoding: Encoding, level: u32) -> &Bytes {
+        let cell = &self.centrifuge_deflated[encoding as usize];
+        cell.get_or_init(|| {
+            crate::protocol::websocket::deflate::piece(self.centrifuge_push(encoding), level)
         })
     }
 

@@ -9,6 +9,11 @@
 //! whole batch by swapping two vectors (no allocation once both have
 //! grown), and an idle connection holds no buffer at all.
 //!
+//! After a write, the writer may ask for the queue to be *held* until the
+//! hub's [`WriteClock`] ticks: offers then queue without waking it, and
+//! the tick wakes it only if something waits, so a busy connection gets
+//! its publications in one write per tick (see [`super::clock`]).
+//!
 //! The queue is bounded by count and by bytes. An offer past either bound
 //! closes it with [`SLOW_CONSUMER`](super::SLOW_CONSUMER): the connection
 //! ends with its protocol's "slow" reason and the client resumes from
@@ -22,6 +27,7 @@ use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
+use super::clock::WriteClock;
 use super::{Delivery, SLOW_CONSUMER};
 
 /// Batches kept above this capacity are released after use, so a burst
@@ -36,24 +42,44 @@ pub struct Sink {
     max_len: usize,
     max_bytes: usize,
     open: Weak<OpenSinks>,
+    clock: Option<Arc<WriteClock>>,
 }
 
 /// Every open queue of a hub, subscribed or not, so that a shutdown
 /// reaches connections that hold no subscription yet.
+/// They share the hub's write clock, if it has one.
 #[derive(Default)]
-pub(crate) struct OpenSinks(Mutex<HashMap<u64, Weak<Sink>>>);
+pub(crate) struct OpenSinks {
+    open: Mutex<HashMap<u64, Weak<Sink>>>,
+    clock: Option<Arc<WriteClock>>,
+}
 
 impl OpenSinks {
+    /// Queues held after a write until `clock` ticks (none: never held).
+    pub(crate) fn new(clock: Option<Arc<WriteClock>>) -> OpenSinks {
+        OpenSinks {
+            open: Mutex::default(),
+            clock,
+        }
+    }
+
     /// Opens a queue and keeps track of it until it is dropped.
     pub(crate) fn open(self: &Arc<Self>, id: u64, max_len: usize, max_bytes: usize) -> Arc<Sink> {
-        let sink = Arc::new(Sink::new(id, max_len, max_bytes, Arc::downgrade(self)));
-        self.0.lock().insert(id, Arc::downgrade(&sink));
+        let mut sink = Sink::new(id, max_len, max_bytes, Arc::downgrade(self));
+        sink.clock = self.clock.clone();
+        let sink = Arc::new(sink);
+        self.open.lock().insert(id, Arc::downgrade(&sink));
         sink
     }
 
     /// Closes every open queue with `reason`.
     pub(crate) fn close_all(&self, reason: &'static str) {
-        let open: Vec<_> = self.0.lock().values().filter_map(Weak::upgrade).collect();
+        let open: Vec<_> = self
+            .open
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
         for sink in open {
             sink.close(reason);
         }
@@ -63,7 +89,7 @@ impl OpenSinks {
 impl Drop for Sink {
     fn drop(&mut self) {
         if let Some(open) = self.open.upgrade() {
-            open.0.lock().remove(&self.id);
+            open.open.lock().remove(&self.id);
         }
     }
 }
@@ -73,6 +99,8 @@ struct Queue {
     bytes: usize,
     waiting: Option<Waker>,
     closed: Option<&'static str>,
+    /// Held until the write clock ticks: offers do not wake the writer.
+    held: bool,
 }
 
 /// What became of an offered delivery.
@@ -106,10 +134,12 @@ impl Sink {
                 bytes: 0,
                 waiting: None,
                 closed: None,
+                held: false,
             }),
             max_len,
             max_bytes,
             open,
+            clock: None,
         }
     }
 
@@ -118,7 +148,8 @@ impl Sink {
         self.id
     }
 
-    /// Queues `delivery` and wakes the writer if it was waiting.
+    /// Queues `delivery` and wakes the writer if it was waiting (and the
+    /// queue is not held).
     pub(crate) fn offer(&self, delivery: Delivery) -> Offer {
         let cost = queued_cost(&delivery);
         let mut q = self.state.lock();
@@ -137,6 +168,9 @@ impl Sink {
             q.bytes += cost;
             Offer::Queued
         };
+        if q.held && offer == Offer::Queued {
+            return offer;
+        }
         let waiting = q.waiting.take();
         drop(q);
         if let Some(w) = waiting {
@@ -176,8 +210,9 @@ impl Sink {
     }
 
     /// Moves everything queued into `batch` (which must be empty), or
-    /// registers the task to be woken by the next offer. `Err` once the
-    /// queue is closed, with the reason.
+    /// registers the task to be woken by the next offer (or the tick that
+    /// releases a held queue). `Err` once the queue is closed, with the
+    /// reason.
     pub fn poll_take(
         &self,
         cx: &mut Context<'_>,
@@ -188,7 +223,7 @@ impl Sink {
         if let Some(reason) = q.closed {
             return Poll::Ready(Err(reason));
         }
-        if q.items.is_empty() {
+        if q.items.is_empty() || q.held {
             match &q.waiting {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 _ => q.waiting = Some(cx.waker().clone()),
@@ -203,20 +238,35 @@ impl Sink {
         Poll::Ready(Ok(()))
     }
 
-    /// Ready when deliveries wait (or the queue is closed), without taking
-    /// them; otherwise registers the task to be woken by the next offer.
-    /// A writer holding back its next write (the write interval) uses it to
-    /// learn that it has something to write, and only then sets a timer.
-    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Tells the queue that its writer has just written publications: with
+    /// a write clock, the queue is held until the next tick.
+    pub fn wrote(self: &Arc<Self>) {
+        let Some(clock) = &self.clock else {
+            return;
+        };
         let mut q = self.state.lock();
-        if q.closed.is_some() || !q.items.is_empty() {
-            return Poll::Ready(());
+        if q.held || q.closed.is_some() {
+            return;
         }
-        match &q.waiting {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => q.waiting = Some(cx.waker().clone()),
+        q.held = true;
+        drop(q);
+        clock.hold(self.clone());
+    }
+
+    /// The clock ticked: no longer held; the writer is woken if something
+    /// waits for it.
+    pub(crate) fn release(&self) {
+        let mut q = self.state.lock();
+        q.held = false;
+        let waiting = if q.items.is_empty() {
+            None
+        } else {
+            q.waiting.take()
+        };
+        drop(q);
+        if let Some(w) = waiting {
+            w.wake();
         }
-        Poll::Pending
     }
 
     /// Waits for deliveries and moves them into `batch` (see
@@ -295,19 +345,9 @@ mod tests {
         let a = open.open(1, 10, 1 << 20);
         let b = open.open(2, 10, 1 << 20);
         drop(b);
-        assert_eq!(open.0.lock().len(), 1);
+        assert_eq!(open.open.lock().len(), 1);
         open.close_all("bye");
         assert_eq!(a.close_reason(), Some("bye"));
-    }
-
-    #[test]
-    fn ready_tells_without_taking() {
-        let sink = Sink::new(1, 10, 1 << 20, Weak::new());
-        let mut cx = Context::from_waker(Waker::noop());
-        assert!(sink.poll_ready(&mut cx).is_pending());
-        sink.offer(publication(b"a"));
-        assert!(sink.poll_ready(&mut cx).is_ready());
-        assert_eq!(sink.len(), 1);
     }
 
     #[test]
@@ -321,23 +361,93 @@ mod tests {
         assert!(sink.is_empty());
     }
 
+    /// A waker counting its wake-ups.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    impl Count {
+        fn get(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
     #[test]
     fn an_offer_wakes_a_waiting_writer_once() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use std::task::Wake;
-        struct Count(AtomicUsize);
-        impl Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let count = Arc::new(Count::default());
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
         let sink = Sink::new(1, 10, 1 << 20, Weak::new());
         assert!(sink.poll_take(&mut cx, &mut Vec::new()).is_pending());
         sink.offer(publication(b"a"));
         sink.offer(publication(b"b"));
-        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert_eq!(count.get(), 1);
+    }
+
+    /// A queue on a clock ticking every 10 ms, and a counting waker.
+    fn clocked() -> (Arc<Sink>, Arc<Count>, Waker) {
+        let clock = WriteClock::start(std::time::Duration::from_millis(10));
+        let open = Arc::new(OpenSinks::new(Some(clock)));
+        let sink = open.open(1, 10, 1 << 20);
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        (sink, count, waker)
+    }
+
+    #[tokio::test]
+    async fn a_held_queue_waits_for_the_tick_and_then_gives_everything_at_once() {
+        let (sink, count, waker) = clocked();
+        let mut cx = Context::from_waker(&waker);
+        let mut batch = Vec::new();
+
+        // Not held: the first publication is taken at once.
+        sink.offer(publication(b"a"));
+        assert_eq!(sink.poll_take(&mut cx, &mut batch), Poll::Ready(Ok(())));
+        assert_eq!(batch.len(), 1);
+        batch.clear();
+        sink.wrote();
+
+        // Held: offers neither wake the writer nor can be taken.
+        assert!(sink.poll_take(&mut cx, &mut batch).is_pending());
+        sink.offer(publication(b"b"));
+        sink.offer(publication(b"c"));
+        assert_eq!(count.get(), 0);
+        assert!(sink.poll_take(&mut cx, &mut batch).is_pending());
+
+        // The tick wakes the writer once, with both waiting.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(count.get(), 1);
+        assert_eq!(sink.poll_take(&mut cx, &mut batch), Poll::Ready(Ok(())));
+        assert_eq!(batch.len(), 2);
+        batch.clear();
+
+        // Released with nothing written since: the next offer wakes at once.
+        assert!(sink.poll_take(&mut cx, &mut batch).is_pending());
+        sink.offer(publication(b"d"));
+        assert_eq!(count.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_tick_with_nothing_waiting_wakes_no_one_and_closing_wakes_a_held_writer() {
+        let (sink, count, waker) = clocked();
+        let mut cx = Context::from_waker(&waker);
+        sink.wrote();
+        assert!(sink.poll_take(&mut cx, &mut Vec::new()).is_pending());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(count.get(), 0);
+
+        sink.wrote();
+        assert!(sink.poll_take(&mut cx, &mut Vec::new()).is_pending());
+        sink.close("bye");
+        assert_eq!(count.get(), 1);
+        assert_eq!(
+            sink.poll_take(&mut cx, &mut Vec::new()),
+            Poll::Ready(Err("bye"))
+        );
     }
 }

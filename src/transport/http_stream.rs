@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use super::{origin_allowed, CentrifugoState, ConnectQuery};
 use crate::centrifugo::connection::{self, Inbound, Start, Wire};
 use crate::centrifugo::{EmulationInbox, Transport};
-use crate::protocol::centrifuge::outbox::Framing;
+use crate::protocol::centrifuge::outbox::{Framing, Payload};
 use crate::protocol::centrifuge::{resume, Encoding};
 
 /// Output batches buffered between the connection task and the socket.
@@ -163,6 +163,7 @@ async fn open_stream(
         resume_from,
         remote: remote.to_string(),
         headers: forwarded,
+        compression: None,
     };
     let wire = StreamWire {
         closed: Box::pin({
@@ -218,7 +219,11 @@ impl Wire for StreamWire {
         }
     }
 
-    async fn send(&mut self, batch: &[u8]) -> bool {
+    async fn send(&mut self, batch: Payload<'_>) -> bool {
+        // Compression is a WebSocket extension: streams are never compressed.
+        let Payload::Plain(batch) = batch else {
+            return false;
+        };
         self.tx.send(Bytes::copy_from_slice(batch)).await.is_ok()
     }
 

@@ -2,12 +2,15 @@
 //!
 //! A transport owns no protocol logic. The Mercure SSE stream
 //! ([`sse`]) writes the bytes of a hub subscription; the Centrifugo
-//! transports ([`websocket`], [`http_stream`], with [`emulation`] carrying
-//! the commands of emulated connections) give a `centrifugo::connection`
-//! loop a wire to read frames from and write batches to.
+//! transports ([`websocket`], with [`inflating`] for permessage-deflate,
+//! and [`http_stream`], with [`emulation`] carrying the commands of
+//! emulated connections) give a `centrifugo::connection` loop a wire to
+//! read frames from and write batches to. [`live`] hands long-lived
+//! responses and upgrades to the server.
 
 pub mod emulation;
 pub mod http_stream;
+pub mod inflating;
 pub mod live;
 pub mod sse;
 pub mod websocket;

@@ -7,17 +7,18 @@
 //! at once and writes it in one go (`server::http1` gathers the pieces into
 //! one `writev`), so a burst costs one write, not one per event.
 //!
-//! With `hub.write_interval` set, a stream writes live publications at most
-//! once per interval: what arrives sooner waits for the next write, so a
-//! busy connection costs one system call per interval instead of one per
-//! publication (a publication after a quiet spell still goes out at once).
+//! After each batch of live publications the stream tells its queue, which
+//! the hub's write clock then holds until its next tick
+//! (`hub.write_interval`): a busy connection costs one system call per tick
+//! instead of one per publication (a publication after a quiet spell still
+//! goes out at once).
 //!
 //! The stream ends cleanly (so `EventSource` reconnects and resumes with its
 //! `Last-Event-ID`) when the hub closes its queue (slow consumer, shutdown),
 //! the token expires or the lifetime limit is reached.
 //!
-//! One timer serves the heartbeat, the deadline and the write interval, and
-//! a write never touches it: a busy stream costs no timer work per event.
+//! One timer serves the heartbeat and the deadline, and a write never
+//! touches it: a busy stream costs no timer work per event.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,11 +43,6 @@ pub struct EventStream {
     heartbeat: Duration,
     last_write: Instant,
     deadline: Option<Instant>,
-    write_interval: Duration,
-    /// No live write before this (the write interval after the last one).
-    hold_until: Option<Instant>,
-    /// Something waits for the hold to end: the timer must wake us then.
-    held: bool,
     /// Deliveries taken from the queue, yielded from `next` on.
     batch: Vec<Delivery>,
     next: usize,
@@ -63,8 +59,6 @@ pub struct StreamOptions {
     pub retry: Option<u64>,
     /// When the stream must end (token expiry, lifetime limit).
     pub deadline: Option<Instant>,
-    /// Shortest time between two writes of live publications (zero: none).
-    pub write_interval: Duration,
 }
 
 impl EventStream {
@@ -91,9 +85,6 @@ impl EventStream {
             heartbeat: options.heartbeat,
             last_write: now,
             deadline: options.deadline,
-            write_interval: options.write_interval,
-            hold_until: None,
-            held: false,
             batch: Vec::new(),
             next: 0,
             finished: false,
@@ -147,36 +138,24 @@ impl Stream for EventStream {
             if this.deadline.is_some_and(|d| now >= d) {
                 return this.finish("the token or connection lifetime expired, reconnect");
             }
-            if this.hold_until.is_some_and(|h| now < h) {
-                // Holding: note whether anything waits, take nothing yet.
-                this.held |= this.subscription.sink.poll_ready(cx).is_ready();
-            } else {
-                (this.hold_until, this.held) = (None, false);
-                match this.subscription.sink.poll_take(cx, &mut this.batch) {
-                    Poll::Ready(Err(reason)) => return this.finish(reason),
-                    Poll::Ready(Ok(())) => {
-                        let Some(event) = this.next_in_batch() else {
-                            continue;
-                        };
-                        this.last_write = now;
-                        if !this.write_interval.is_zero() {
-                            this.hold_until = Some(now + this.write_interval);
-                        }
-                        return Poll::Ready(Some(event));
-                    }
-                    Poll::Pending => {}
+            match this.subscription.sink.poll_take(cx, &mut this.batch) {
+                Poll::Ready(Err(reason)) => return this.finish(reason),
+                Poll::Ready(Ok(())) => {
+                    let Some(event) = this.next_in_batch() else {
+                        continue;
+                    };
+                    this.last_write = now;
+                    this.subscription.sink.wrote();
+                    return Poll::Ready(Some(event));
                 }
+                Poll::Pending => {}
             }
             let heartbeat_at = this.last_write + this.heartbeat;
             if now >= heartbeat_at {
                 this.last_write = now;
                 return Poll::Ready(Some(sse::comment("")));
             }
-            let mut at = heartbeat_at;
-            let hold = this.hold_until.filter(|_| this.held);
-            for t in [hold, this.deadline].into_iter().flatten() {
-                at = at.min(t);
-            }
+            let at = this.deadline.map_or(heartbeat_at, |d| d.min(heartbeat_at));
             // Only moved earlier: one set too early (the heartbeat moves
             // later on every write) fires and is set again.
             if at < this.timer_at || this.timer_at <= now {

@@ -15,6 +15,12 @@
 //! WebSocket message, and the connection ends with a close frame carrying
 //! the disconnect code. `/connection/uni_websocket` is the same with a
 //! unidirectional session (JSON only, as in Centrifugo).
+//!
+//! With `centrifugo.websocket_compression`, a client offering
+//! permessage-deflate gets it: its compressed messages are inflated before
+//! tungstenite reads them ([`InflatingSocket`]), and batches go out as
+//! compressed pieces, each publication's push compressed once for all
+//! (`protocol::websocket::deflate`).
 
 use std::future::poll_fn;
 use std::io::IoSlice;
@@ -36,12 +42,14 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::inflating::InflatingSocket;
 use super::live::{Socket, Upgrade};
 use super::{origin_allowed, CentrifugoState, ConnectQuery};
 use crate::centrifugo::connection::{self, Inbound, Start, Wire};
 use crate::centrifugo::Transport;
+use crate::protocol::centrifuge::outbox::Payload;
 use crate::protocol::centrifuge::Encoding;
-use crate::protocol::websocket::{self, Opcode};
+use crate::protocol::websocket::{self, deflate, Opcode};
 
 /// Initial read buffer of a WebSocket: most client frames are small
 /// commands; larger ones grow it up to `centrifugo.max_frame`.
@@ -57,6 +65,8 @@ pub struct Handshake {
     key: Option<HeaderValue>,
     /// The subprotocols the client offered.
     protocols: Vec<String>,
+    /// Its `Sec-WebSocket-Extensions` offers.
+    extensions: Vec<String>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Handshake {
@@ -116,7 +126,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Handshake {
             .flat_map(|v| v.split(','))
             .map(|p| p.trim().to_owned())
             .collect();
-        Ok(Handshake { key, protocols })
+        let extensions = parts
+            .headers
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect();
+        Ok(Handshake {
+            key,
+            protocols,
+            extensions,
+        })
     }
 }
 
@@ -128,8 +149,18 @@ impl Handshake {
             .find(|p| self.protocols.iter().any(|o| o == p))
     }
 
+    /// True when the client offered permessage-deflate as we can agree it.
+    fn offers_compression(&self) -> bool {
+        deflate::accepts_offer(self.extensions.iter().map(String::as_str))
+    }
+
     /// The handshake answer, running `session` on the upgraded connection.
-    fn accept<F, Fut>(self, protocol: Option<&'static str>, session: F) -> Response
+    fn accept<F, Fut>(
+        self,
+        protocol: Option<&'static str>,
+        compression: bool,
+        session: F,
+    ) -> Response
     where
         F: FnOnce(Socket, Bytes) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -148,6 +179,12 @@ impl Handshake {
         if let Some(p) = protocol {
             res.headers_mut()
                 .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+        }
+        if compression {
+            res.headers_mut().insert(
+                header::SEC_WEBSOCKET_EXTENSIONS,
+                HeaderValue::from_static(deflate::AGREED),
+            );
         }
         Upgrade::attach(&mut res, session);
         res
@@ -225,36 +262,55 @@ fn upgrade(
         .write_buffer_size(0)
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame));
+    let compression = state
+        .node
+        .settings
+        .websocket_compression
+        .filter(|_| ws.offers_compression());
     let forwarded = state.node.proxy.forwarded_headers(&headers);
     let node = state.node.clone();
-    ws.accept(protocol, move |socket, read_ahead| async move {
-        let socket = WebSocketStream::from_partially_read(
-            socket,
-            read_ahead.to_vec(),
-            Role::Server,
-            Some(config),
-        )
-        .await;
-        let start = Start {
-            transport,
-            encoding,
-            session_id: if transport.unidirectional() {
-                uuid::Uuid::new_v4().to_string()
-            } else {
-                String::new()
-            },
-            first_frame,
-            resume_from: Vec::new(),
-            remote: remote.to_string(),
-            headers: forwarded,
-        };
-        connection::run(WsWire::new(socket, encoding), node, start).await
-    })
+    ws.accept(
+        protocol,
+        compression.is_some(),
+        move |socket, read_ahead| async move {
+            // Compressed messages are inflated before tungstenite reads them,
+            // those that came with the handshake too.
+            let (socket, read_ahead) = match compression {
+                Some(_) => (
+                    InflatingSocket::inflating(socket, &read_ahead, max_frame),
+                    Vec::new(),
+                ),
+                None => (InflatingSocket::plain(socket), read_ahead.to_vec()),
+            };
+            let socket = WebSocketStream::from_partially_read(
+                socket,
+                read_ahead,
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            let start = Start {
+                transport,
+                encoding,
+                session_id: if transport.unidirectional() {
+                    uuid::Uuid::new_v4().to_string()
+                } else {
+                    String::new()
+                },
+                first_frame,
+                resume_from: Vec::new(),
+                remote: remote.to_string(),
+                headers: forwarded,
+                compression,
+            };
+            connection::run(WsWire::new(socket, encoding), node, start).await
+        },
+    )
 }
 
 /// A WebSocket as a connection's wire.
 struct WsWire {
-    socket: WebSocketStream<Socket>,
+    socket: WebSocketStream<InflatingSocket>,
     encoding: Encoding,
     /// tungstenite said it has no frame; until the socket turns readable
     /// there is no need to ask it again (the loop polls on every delivery).
@@ -264,7 +320,7 @@ struct WsWire {
 }
 
 impl WsWire {
-    fn new(socket: WebSocketStream<Socket>, encoding: Encoding) -> WsWire {
+    fn new(socket: WebSocketStream<InflatingSocket>, encoding: Encoding) -> WsWire {
         WsWire {
             socket,
             encoding,
@@ -291,19 +347,23 @@ impl Wire for WsWire {
                 Some(Ok(Message::Binary(b))) => Inbound::Frame(b),
                 Some(Ok(Message::Close(_))) | None => Inbound::Gone,
                 Some(Ok(_)) => continue, // WebSocket ping/pong frames
-                Some(Err(e)) => {
-                    let (code, reason) = classify(e);
-                    Inbound::Broken(code, reason)
-                }
+                Some(Err(e)) => match self.socket.get_ref().failure() {
+                    Some(inflating) => Inbound::Broken(inflating.close_code(), inflating.reason()),
+                    None => {
+                        let (code, reason) = classify(e);
+                        Inbound::Broken(code, reason)
+                    }
+                },
             });
         }
     }
 
     /// One data frame per batch, written by us beside its header in one
-    /// `writev` (tungstenite would copy it into its buffer first). Whatever
-    /// tungstenite still has to send (a pong) goes out before it, so frames
-    /// never interleave.
-    async fn send(&mut self, batch: &[u8]) -> bool {
+    /// `writev` (tungstenite would copy it into its buffer first); a
+    /// compressed batch is its pieces, shared ones included, uncopied.
+    /// Whatever tungstenite still has to send (a pong) goes out before it,
+    /// so frames never interleave.
+    async fn send(&mut self, batch: Payload<'_>) -> bool {
         if self.pong_pending {
             if poll_fn(|cx| self.socket.poll_flush_unpin(cx))
                 .await
@@ -318,17 +378,21 @@ impl Wire for WsWire {
             Encoding::Protobuf => Opcode::Binary,
         };
         let mut header = [0u8; websocket::MAX_HEADER];
-        let header = websocket::frame_header(opcode, batch.len(), &mut header);
-        let mut parts = [IoSlice::new(header), IoSlice::new(batch)];
-        let mut parts = &mut parts[..];
         let socket = self.socket.get_mut();
-        while !parts.is_empty() {
-            match socket.write_vectored(parts).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => IoSlice::advance_slices(&mut parts, n),
+        match batch {
+            Payload::Plain(batch) => {
+                let header = websocket::frame_header(opcode, false, batch.len(), &mut header);
+                write_all(socket, &mut [IoSlice::new(header), IoSlice::new(batch)]).await
+            }
+            Payload::Compressed(pieces) => {
+                let len = pieces.iter().map(Bytes::len).sum();
+                let header = websocket::frame_header(opcode, true, len, &mut header);
+                let mut parts = Vec::with_capacity(pieces.len() + 1);
+                parts.push(IoSlice::new(header));
+                parts.extend(pieces.iter().map(|p| IoSlice::new(p)));
+                write_all(socket, &mut parts).await
             }
         }
-        true
     }
 
     async fn close(mut self, code: u16, reason: &str) {
@@ -338,6 +402,17 @@ impl Wire for WsWire {
         };
         let _ = self.socket.send(Message::Close(Some(frame))).await;
     }
+}
+
+/// Writes all of `parts`; false when the client is gone.
+async fn write_all(socket: &mut InflatingSocket, mut parts: &mut [IoSlice<'_>]) -> bool {
+    while !parts.is_empty() {
+        match socket.write_vectored(parts).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => IoSlice::advance_slices(&mut parts, n),
+        }
+    }
+    true
 }
 
 /// Maps a read error to a WebSocket close code.

@@ -3,7 +3,8 @@
 // pages chatting over WebSocket with presence, the latency meter, the drop
 // buttons (no missing, no repeated tick), the admin dashboard and its
 // password, and a page on another origin (refused a WebSocket, allowed SSE
-// where CORS says so).
+// where CORS says so). The hub agrees to permessage-deflate, which
+// Chromium offers: the chat runs compressed both ways.
 //
 // With UPDATE_SCREENSHOTS=1 it also writes docs/screenshots/*.png.
 import { test, before, after } from "node:test";
@@ -26,11 +27,12 @@ before(async () => {
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium (scripts/test.sh does)`);
   const otherPort = await freePort();
   otherOrigin = `http://127.0.0.1:${otherPort}`;
-  // Zero config but for the admin password and one CORS origin: the demo
-  // runs because the development keys are in use.
+  // Zero config but for the admin password, one CORS origin and WebSocket
+  // compression: the demo runs because the development keys are in use.
   hub = new Hub(await freePort(), {
     TIDINGS_ADMIN_PASSWORD: PASSWORD,
     TIDINGS_MERCURE_CORS_ORIGINS: otherOrigin,
+    TIDINGS_CENTRIFUGO_WEBSOCKET_COMPRESSION: "true",
   });
   await hub.start();
   otherServer = http.createServer((req, res) => {
@@ -83,6 +85,7 @@ test("two pages chat with each other and see each other's presence", async () =>
   const bob = await demoPage("bob");
   for (const page of [alice, bob]) {
     await page.waitForFunction(() => ["alice", "bob"].every((u) => window.demo.chat.presence.includes(u)), null, { timeout: 10000 });
+    assert.match(await state(page, "demo.client.ws.extensions"), /permessage-deflate/);
   }
   await alice.fill("#chat-input", "hello bob");
   await alice.press("#chat-input", "Enter");

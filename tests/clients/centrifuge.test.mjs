@@ -1,8 +1,10 @@
 // The real centrifuge-js SDK (npm `centrifuge`, with the `ws` package)
 // against tidings: connect with a JWT, subscribe, receive publications, see
 // join/leave and presence, lose the connection and recover the missed
-// publications with `recovered: true`; and a Mercure EventSource subscriber
-// on the same channel sees the same publications in the same order.
+// publications with `recovered: true`; a Mercure EventSource subscriber
+// on the same channel sees the same publications in the same order; and
+// with permessage-deflate on, `ws` negotiates it and both directions are
+// compressed.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
@@ -195,4 +197,50 @@ test("the protobuf build of centrifuge-js: binary frames, payloads unchanged", a
   const history = await sub.history({ limit: 5 });
   assert.equal(history.publications.length, 2);
   c.disconnect();
+});
+
+test("permessage-deflate: ws negotiates it, every message compressed both ways (JSON and Protobuf)", async () => {
+  const { Centrifuge: ProtobufCentrifuge } = await import("centrifuge/build/protobuf");
+  const hub = await startCentrifugoHub(SECRET, API_KEY, { TIDINGS_CENTRIFUGO_WEBSOCKET_COMPRESSION: "true" });
+  hubs.push(hub);
+  // `ws` compresses messages of 1 KiB and more by default: threshold 0
+  // makes the SDK's every command a compressed one.
+  const sockets = [];
+  class CompressingWebSocket extends WebSocket {
+    constructor(url, protocols) {
+      super(url, protocols, { perMessageDeflate: { threshold: 0 } });
+      sockets.push(this);
+    }
+  }
+  const url = `ws://127.0.0.1:${hub.port}/connection/websocket`;
+  for (const [Sdk, decode] of [
+    [Centrifuge, (d) => d],
+    [ProtobufCentrifuge, (d) => JSON.parse(Buffer.from(d).toString())],
+  ]) {
+    const c = new Sdk(url, {
+      websocket: CompressingWebSocket,
+      token: jwt({ sub: "zip", exp: nowSecs() + 3600 }, SECRET),
+    });
+    const sub = c.newSubscription("chat:zipped");
+    const got = [];
+    sub.on("publication", (ctx) => got.push(decode(ctx.data)));
+    c.connect();
+    sub.subscribe();
+    await sub.ready(5000);
+    const socket = sockets.at(-1);
+    assert.match(socket.extensions, /permessage-deflate/);
+    const long = "compressible ".repeat(50);
+    await api(hub, "publish", { channel: "chat:zipped", data: { via: "api", long } });
+    const mine = { via: "client", long };
+    await sub.publish(Sdk === Centrifuge ? mine : new TextEncoder().encode(JSON.stringify(mine)));
+    await waitFor(() => got.length === 2, "compressed publications");
+    assert.deepEqual(got, [{ via: "api", long }, mine]);
+    // Fewer bytes came in than the two publications hold.
+    assert.ok(socket._socket.bytesRead < 2 * long.length, `${socket._socket.bytesRead} bytes read`);
+    const history = await sub.history({ limit: 5 });
+    assert.equal(history.publications.length, got.length);
+    c.disconnect();
+    got.length = 0;
+    await api(hub, "history_remove", { channel: "chat:zipped" });
+  }
 });

@@ -44,7 +44,7 @@ def free_port():
 
 
 class Hub:
-    def __init__(self):
+    def __init__(self, **extra_env):
         self.dir = tempfile.TemporaryDirectory()
         self.port = free_port()
         env = dict(
@@ -54,6 +54,7 @@ class Hub:
             TIDINGS_LOG_LEVEL="warn",
             TIDINGS_CENTRIFUGO_TOKEN_KEY=SECRET,
             TIDINGS_CENTRIFUGO_API_KEY=API_KEY,
+            **extra_env,
         )
         self.proc = subprocess.Popen([BIN, "serve", "--config", str(CONFIG)], env=env, stdout=subprocess.PIPE)
         line = self.proc.stdout.readline().decode()
@@ -174,7 +175,7 @@ class PythonClients(unittest.IsolatedAsyncioTestCase):
         return Client(url or self.ws, token=token(user), use_protobuf=protobuf, events=events,
                       min_reconnect_delay=0.05, max_reconnect_delay=0.2, proxy=None)
 
-    async def subscribe_publish_presence(self, protobuf):
+    async def subscribe_publish_presence(self, protobuf, compressed=False):
         channel = f"chat:py-{'protobuf' if protobuf else 'json'}"
         alice = self.client("alice", protobuf=protobuf)
         events = Events()
@@ -182,6 +183,8 @@ class PythonClients(unittest.IsolatedAsyncioTestCase):
         await alice.connect()
         await sub.subscribe()
         await sub.ready(5)
+        agreed = [e.name for e in alice._conn.protocol.extensions]
+        self.assertEqual(agreed, ["permessage-deflate"] if compressed else [])
         await self.api.publish(PublishRequest(channel=channel, data={"text": "sent with cent"}))
         await wait_for(lambda: len(events.publications) == 1, "the cent publication")
         self.assertEqual(events.publications[0], {"text": "sent with cent"})
@@ -209,6 +212,17 @@ class PythonClients(unittest.IsolatedAsyncioTestCase):
 
     async def test_protobuf_subscribe_publish_presence(self):
         await self.subscribe_publish_presence(protobuf=True)
+
+    async def test_compressed_connections(self):
+        # websockets offers permessage-deflate and compresses what it sends:
+        # with the hub agreeing, the whole flow runs compressed both ways.
+        hub = Hub(TIDINGS_CENTRIFUGO_WEBSOCKET_COMPRESSION="true")
+        self.addCleanup(hub.stop)
+        await self.api.close()
+        self.api = AsyncClient(f"http://127.0.0.1:{hub.port}/api", API_KEY)
+        self.ws = f"ws://127.0.0.1:{hub.port}/connection/websocket"
+        await self.subscribe_publish_presence(protobuf=False, compressed=True)
+        await self.subscribe_publish_presence(protobuf=True, compressed=True)
 
     async def recover(self, protobuf):
         channel = "chat:py-recover"

@@ -153,3 +153,89 @@ pub fn ws_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
     }
     f
 }
+
+/// A WebSocket handshake on a raw TCP connection, offering `extensions`
+/// (`Sec-WebSocket-Extensions`), so that the frames after it can be
+/// anything a client sends. Returns the socket and the answer's head.
+pub async fn raw_dial(addr: &str, extensions: Option<&str>) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let offer = extensions
+        .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n{offer}\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "handshake cut");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (tcp, head)
+}
+
+/// The next frame the server sends: its first byte (FIN, RSV, opcode) and
+/// payload.
+pub async fn read_frame(tcp: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut head = [0u8; 2];
+        tcp.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[1] & 0x80, 0, "servers do not mask");
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut n = [0u8; 2];
+                tcp.read_exact(&mut n).await.unwrap();
+                u16::from_be_bytes(n) as usize
+            }
+            127 => {
+                let mut n = [0u8; 8];
+                tcp.read_exact(&mut n).await.unwrap();
+                u64::from_be_bytes(n) as usize
+            }
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        tcp.read_exact(&mut payload).await.unwrap();
+        (head[0], payload)
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("no frame")
+}
+
+/// `data` compressed as a permessage-deflate client does (raw deflate,
+/// sync flush, the last four bytes dropped). flate2 directly, not the
+/// hub's own code.
+pub fn deflate_message(data: &[u8]) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut out = Vec::with_capacity(data.len() + 64);
+    c.compress_vec(data, &mut out, flate2::FlushCompress::Sync)
+        .unwrap();
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+/// A permessage-deflate message's payload inflated as a client does.
+pub fn inflate_message(payload: &[u8]) -> Vec<u8> {
+    let mut d = flate2::Decompress::new(false);
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(input.len() * 8 + 1024);
+    loop {
+        let before = d.total_in() as usize;
+        d.decompress_vec(&input[before..], &mut out, flate2::FlushDecompress::Sync)
+            .expect("valid deflate");
+        if d.total_in() as usize == input.len() && out.len() < out.capacity() {
+            return out;
+        }
+        out.reserve(out.capacity());
+    }
+}

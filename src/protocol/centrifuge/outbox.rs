@@ -12,11 +12,18 @@
 //! - [`Framing::EventStream`] (SSE, JSON only): one event per message,
 //!   `data: <json>`, with an `id:` line where the session gives one. JSON
 //!   text never holds a raw newline, so a message cannot split an event.
+//!
+//! A WebSocket that agreed to permessage-deflate gets its batch as
+//! compressed pieces ([`Payload::Compressed`]): a publication's push is a
+//! piece compressed once and shared by every connection, and what lies
+//! between shared pushes (replies, separators) is compressed here (see
+//! `protocol::websocket::deflate`).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
 use super::Encoding;
+use crate::protocol::websocket::deflate;
 
 /// How messages are laid out on a transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +44,26 @@ const KEEP_CAPACITY: usize = 4096;
 pub struct Outbox {
     encoding: Encoding,
     framing: Framing,
+    /// What was written (with compression: since the last piece).
     buf: BytesMut,
+    compression: Option<Compression>,
+}
+
+/// A batch with permessage-deflate.
+#[derive(Debug)]
+struct Compression {
+    level: u32,
+    /// The batch's compressed pieces so far.
+    pieces: Vec<Bytes>,
+}
+
+/// A batch, ready to be written.
+#[derive(Debug)]
+pub enum Payload<'a> {
+    /// The bytes as they are.
+    Plain(&'a [u8]),
+    /// A permessage-deflate message: its pieces, in order.
+    Compressed(&'a [Bytes]),
 }
 
 impl Outbox {
@@ -47,7 +73,16 @@ impl Outbox {
             encoding,
             framing,
             buf: BytesMut::new(),
+            compression: None,
         }
+    }
+
+    /// Compresses batches from now on (permessage-deflate, at `level`).
+    pub fn compress(&mut self, level: u32) {
+        self.compression = Some(Compression {
+            level,
+            pieces: Vec::new(),
+        });
     }
 
     /// The encoding messages are written in.
@@ -98,9 +133,36 @@ impl Outbox {
         }
     }
 
+    /// Appends a message encoded once for many connections (a
+    /// publication's push). With compression, `compressed` gives its piece
+    /// at the level asked for (also made once, by the caller).
+    pub fn shared(&mut self, message: &[u8], compressed: impl FnOnce(u32) -> Bytes) {
+        let Some(level) = self.compression.as_ref().map(|c| c.level) else {
+            return self.encoded(message, None);
+        };
+        if self.encoding == Encoding::Json && !self.is_empty() {
+            self.buf.put_u8(b'\n');
+        }
+        self.seal_piece();
+        let piece = compressed(level);
+        if let Some(c) = &mut self.compression {
+            c.pieces.push(piece);
+        }
+    }
+
+    /// Compresses what was written since the last piece into a piece.
+    fn seal_piece(&mut self) {
+        if let Some(c) = &mut self.compression {
+            if !self.buf.is_empty() {
+                c.pieces.push(deflate::piece(&self.buf, c.level));
+                self.buf.clear();
+            }
+        }
+    }
+
     fn open(&mut self, id: Option<&str>) {
         match self.framing {
-            Framing::Frame if !self.buf.is_empty() => self.buf.put_u8(b'\n'),
+            Framing::Frame if !self.is_empty() => self.buf.put_u8(b'\n'),
             Framing::Frame | Framing::Stream => {}
             Framing::EventStream => {
                 if let Some(id) = id {
@@ -125,11 +187,27 @@ impl Outbox {
     /// True when nothing is waiting to be written.
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
+            && self
+                .compression
+                .as_ref()
+                .is_none_or(|c| c.pieces.is_empty())
     }
 
-    /// What was written so far.
+    /// What was written so far (without compression).
     pub fn bytes(&self) -> &[u8] {
         &self.buf
+    }
+
+    /// The batch, ready to be written; [`Outbox::clear`] once it is.
+    pub fn payload(&mut self) -> Payload<'_> {
+        self.seal_piece();
+        match &mut self.compression {
+            Some(c) => {
+                deflate::finish(&mut c.pieces);
+                Payload::Compressed(&c.pieces)
+            }
+            None => Payload::Plain(&self.buf),
+        }
     }
 
     /// Empties the outbox once its bytes are written. Its buffer is kept
@@ -139,6 +217,9 @@ impl Outbox {
             self.buf = BytesMut::new();
         } else {
             self.buf.clear();
+        }
+        if let Some(c) = &mut self.compression {
+            c.pieces.clear();
         }
     }
 
@@ -175,6 +256,38 @@ mod tests {
             "data: {}\n\nid: a%0Ab=1.e\ndata: {\"channel\":\"a\\nb\"}\n\n"
         );
         assert!(sse.is_empty(), "take empties the outbox");
+    }
+
+    #[test]
+    fn a_compressed_batch_inflates_to_the_plain_one_with_shared_pieces_untouched() {
+        use crate::protocol::websocket::deflate::{piece, MessageInflater};
+        let push = br#"{"push":{"channel":"news","pub":{"data":"a long enough payload, a long enough payload"}}}"#;
+        let shared = piece(push, 1);
+        for encoding in [Encoding::Json, Encoding::Protobuf] {
+            let mut plain = Outbox::new(encoding, Framing::Frame);
+            let mut compressed = Outbox::new(encoding, Framing::Frame);
+            compressed.compress(1);
+            for out in [&mut plain, &mut compressed] {
+                out.message(&Reply {
+                    id: 1,
+                    ..Default::default()
+                });
+                out.shared(push, |_| shared.clone());
+                out.shared(push, |_| shared.clone());
+                out.message(&Reply::default());
+            }
+            let Payload::Compressed(pieces) = compressed.payload() else {
+                panic!("compressed");
+            };
+            assert!(pieces.iter().any(|p| p.as_ptr() == shared.as_ptr()));
+            let mut inflated = Vec::new();
+            MessageInflater::new(1 << 20)
+                .frame(&pieces.concat(), true, &mut inflated)
+                .unwrap();
+            assert_eq!(inflated, plain.bytes(), "{encoding:?}");
+            compressed.clear();
+            assert!(compressed.is_empty());
+        }
     }
 
     #[test]

@@ -56,11 +56,12 @@ export class Hub {
 
 // A hub for the Centrifugo SDK tests: token key, API key, fast pings, and the
 // shared `chat` namespace of tests/clients/tidings.toml.
-export async function startCentrifugoHub(secret, apiKey) {
+export async function startCentrifugoHub(secret, apiKey, env = {}) {
   const hub = new Hub(await freePort(), {
     TIDINGS_CENTRIFUGO_TOKEN_KEY: secret,
     TIDINGS_CENTRIFUGO_API_KEY: apiKey,
     TIDINGS_CENTRIFUGO_PING_INTERVAL: "2s",
+    ...env,
   });
   hub.args = ["--config", new URL("../tidings.toml", import.meta.url).pathname];
   await hub.start();
