@@ -92,9 +92,10 @@ pub struct Publication {
     centrifuge_json: OnceLock<Bytes>,
     #[serde(skip)]
     centrifuge_protobuf: OnceLock<Bytes>,
-    /// The pushes compressed for permessage-deflate (JSON, Protobuf).
     #[serde(skip)]
-    centrifuge_deflated: [OnceLock<Bytes>; 2],
+    centrifuge_json_deflated: OnceLock<Bytes>,
+    #[serde(skip)]
+    centrifuge_protobuf_deflated: OnceLock<Bytes>,
 }
 
 impl Publication {
@@ -109,7 +110,8 @@ impl Publication {
             sse: OnceLock::new(),
             centrifuge_json: OnceLock::new(),
             centrifuge_protobuf: OnceLock::new(),
-            centrifuge_deflated: Default::default(),
+            centrifuge_json_deflated: OnceLock::new(),
+            centrifuge_protobuf_deflated: OnceLock::new(),
         }
     }
 
@@ -180,7 +182,10 @@ impl Publication {
     /// compressed once at `level` (the level is the same for the whole hub)
     /// and shared by every WebSocket receiver that agreed to compression.
     pub fn centrifuge_push_deflated(&self, encoding: Encoding, level: u32) -> &Bytes {
-        let cell = &self.centrifuge_deflated[encoding as usize];
+        let cell = match encoding {
+            Encoding::Json => &self.centrifuge_json_deflated,
+            Encoding::Protobuf => &self.centrifuge_protobuf_deflated,
+        };
         cell.get_or_init(|| {
             crate::protocol::websocket::deflate::piece(self.centrifuge_push(encoding), level)
         })

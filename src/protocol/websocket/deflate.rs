@@ -115,8 +115,10 @@ pub fn piece(data: &[u8], level: u32) -> Bytes {
             // Compressing into memory cannot fail.
             let _ = compressor.compress_vec(&data[consumed..], &mut out, FlushCompress::Sync);
             let done = (compressor.total_in() - start_in) as usize == data.len();
-            // The flush is complete once it stopped with room to spare.
-            if done && out.len() < out.capacity() && out.ends_with(&TAIL) {
+            // The flush is complete once it stopped with room to spare (a
+            // sync flush then ends with `TAIL`, on a byte boundary).
+            if done && out.len() < out.capacity() {
+                debug_assert!(out.ends_with(&TAIL));
                 break;
             }
         }
