@@ -79,6 +79,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("history.ttl", Kind::Str),
     ("history.meta_ttl", Kind::Str),
     ("history.sweep_interval", Kind::Str),
+    ("history.cache_size", Kind::Int),
     ("cluster.redis_url", Kind::Str),
     ("cluster.nats_url", Kind::Str),
     ("cluster.prefix", Kind::Str),
@@ -163,6 +164,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("limits.max_streams", Kind::Int),
     ("limits.header_timeout", Kind::Str),
     ("limits.idle_timeout", Kind::Str),
+    ("limits.write_timeout", Kind::Str),
     ("limits.publish_rate", Kind::Int),
     ("limits.api_publish_rate", Kind::Int),
     ("limits.queue_bytes", Kind::Int),
@@ -240,6 +242,9 @@ pub struct LimitsConfig {
     pub header_timeout: String,
     /// An HTTP connection with no bytes either way for this long is closed.
     pub idle_timeout: String,
+    /// A write to a client that makes no progress for this long closes the
+    /// connection (a client that stopped reading).
+    pub write_timeout: String,
     /// Client publications per second on one Centrifugo connection.
     pub publish_rate: usize,
     /// Publications per second through one server credential (Centrifugo
@@ -259,6 +264,7 @@ impl Default for LimitsConfig {
             max_streams: 256,
             header_timeout: "10s".into(),
             idle_timeout: "120s".into(),
+            write_timeout: "10s".into(),
             publish_rate: 100,
             api_publish_rate: 0,
             queue_bytes: 16 << 20,
@@ -413,6 +419,8 @@ pub struct HistoryConfig {
     pub meta_ttl: String,
     /// How often expired history is reclaimed.
     pub sweep_interval: String,
+    /// Bytes of the disk store kept cached in memory.
+    pub cache_size: usize,
 }
 
 impl Default for HistoryConfig {
@@ -423,6 +431,7 @@ impl Default for HistoryConfig {
             ttl: "24h".into(),
             meta_ttl: "30d".into(),
             sweep_interval: "60s".into(),
+            cache_size: 32 << 20,
         }
     }
 }
@@ -793,6 +802,8 @@ pub struct Settings {
     pub retention: crate::history::RetentionPolicy,
     /// Sweep interval.
     pub sweep_interval: Duration,
+    /// Bytes of the disk store cached in memory.
+    pub history_cache: usize,
     /// Hub options.
     pub hub: crate::hub::HubOptions,
     /// Mercure settings.
@@ -1152,6 +1163,7 @@ impl Config {
             retention: self.retention_policy(hub_url.path())?,
             sweep_interval: duration("history.sweep_interval", &self.history.sweep_interval)?
                 .max(Duration::from_millis(100)),
+            history_cache: positive("history.cache_size", self.history.cache_size)?,
             hub: crate::hub::HubOptions {
                 queue_capacity: positive("hub.queue_size", self.hub.queue_size)?,
                 queue_bytes,
@@ -1274,6 +1286,10 @@ impl Config {
         if header_timeout.is_zero() {
             return Err(invalid("limits.header_timeout", "must be more than 0"));
         }
+        let write_timeout = duration("limits.write_timeout", &l.write_timeout)?;
+        if write_timeout.is_zero() {
+            return Err(invalid("limits.write_timeout", "must be more than 0"));
+        }
         let some = |n: usize| (n > 0).then_some(n);
         Ok(crate::limits::LimitSettings {
             max_connections: some(l.max_connections),
@@ -1282,6 +1298,7 @@ impl Config {
             max_streams: positive("limits.max_streams", l.max_streams)?,
             header_timeout,
             idle_timeout,
+            write_timeout,
             publish_rate: some(l.publish_rate),
             api_publish_rate: some(l.api_publish_rate),
             queue_bytes: positive("limits.queue_bytes", l.queue_bytes)?,

@@ -55,6 +55,7 @@ pub mod history;
 pub mod hub;
 pub mod integration;
 pub mod limits;
+pub mod mercure;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

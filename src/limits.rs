@@ -30,6 +30,9 @@ pub struct LimitSettings {
     pub header_timeout: Duration,
     /// Silence after which an HTTP connection is closed.
     pub idle_timeout: Duration,
+    /// A write to a client that makes no progress for this long closes the
+    /// connection as a slow consumer.
+    pub write_timeout: Duration,
     /// Client publications per second per Centrifugo connection.
     pub publish_rate: Option<usize>,
     /// Publications per second per server credential.
@@ -47,6 +50,7 @@ impl Default for LimitSettings {
             max_streams: 256,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            write_timeout: Duration::from_secs(10),
             publish_rate: None,
             api_publish_rate: None,
             queue_bytes: 16 << 20,

@@ -75,6 +75,10 @@ fn describe() {
         "tidings_idle_closes_total",
         "Connections closed for silence (limits.idle_timeout, or no first byte within limits.header_timeout)."
     );
+    describe_counter!(
+        "tidings_write_stalls_total",
+        "Connections closed because a write to them made no progress for limits.write_timeout (the client stopped reading)."
+    );
     describe_gauge!(
         "tidings_connections",
         "Open connections by protocol and transport."
@@ -222,6 +226,16 @@ impl Drop for OpenConnection {
         gauge!("tidings_connections", "protocol" => self.protocol, "transport" => self.transport)
             .decrement(1.0);
     }
+}
+
+/// Records a connection closed because a write to it stalled
+/// (`limits.write_timeout`).
+pub fn write_stalled(transport: &'static str) {
+    counter!("tidings_write_stalls_total", "transport" => transport).increment(1);
+    remember(
+        "disconnect",
+        format!("{transport}: write stalled (slow consumer)"),
+    );
 }
 
 /// Records a Centrifugo disconnect by code (3008 is a slow consumer).

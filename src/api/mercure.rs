@@ -23,6 +23,7 @@ use crate::hub::{Draft, Filter, Hub, Publication};
 use crate::integration::proxy::{Decision, Proxy};
 use crate::integration::webhooks::{Event, EventKind, Webhooks};
 use crate::limits::KeyedRateLimiter;
+use crate::mercure::replay::{Replay, Start};
 use crate::protocol::mercure::matcher::{MatcherType, TopicMatcher};
 use crate::protocol::mercure::request::{self, RequestError};
 use crate::protocol::mercure::subscription::{self, SubscriptionDoc};
@@ -32,8 +33,6 @@ use crate::transport::sse::{EventStream, StreamOptions};
 
 /// Legacy cookie name of pre-standardization hubs.
 const LEGACY_COOKIE: &str = "mercureAuthorization";
-/// Publications read from history per page during replay.
-const REPLAY_PAGE: usize = 1000;
 
 /// One active subscription, as the subscriptions API reports it.
 #[derive(Debug, Clone)]
@@ -299,10 +298,6 @@ impl Filter for PrivateFilter {
     }
 }
 
-fn selects(matchers: &[TopicMatcher], p: &Publication) -> bool {
-    matchers.iter().any(|m| m.matches_any(p.topics()))
-}
-
 fn now_secs() -> u64 {
     crate::hub::publication::now_ms() / 1000
 }
@@ -352,19 +347,18 @@ async fn subscribe_inner(
         .map(str::to_owned);
     let cursor = header_cursor.or(req.last_event_id);
 
-    let filter = Arc::new(PrivateFilter(grants.clone()));
+    let filter: Arc<dyn Filter> = Arc::new(PrivateFilter(grants.clone()));
     let subscription = state.hub.subscribe(req.matchers.clone(), filter.clone());
-    let (replay, response_cursor) = match &cursor {
-        None => (Vec::new(), None),
-        Some(id) => {
-            replay(
-                state,
-                id,
-                subscription.handle.snapshot_seq,
-                &req.matchers,
-                &*filter,
-            )
-            .await?
+    let (replay, response_cursor) = match cursor {
+        None => (None, None),
+        Some(cursor) => {
+            let history = state.hub.history().clone();
+            let upto = subscription.handle.snapshot_seq;
+            match Replay::start(history, &req.matchers, filter, &cursor, upto).await {
+                Ok(Start::From(replay)) => (Some(replay), Some(cursor)),
+                Ok(Start::Lost) => (None, Some(EARLIEST.to_owned())),
+                Err(e) => return Err(MercureError::Unavailable(e.to_string())),
+            }
         }
     };
 
@@ -394,7 +388,7 @@ async fn subscribe_inner(
         },
         guard,
     );
-    let mut res = LiveBody::response(stream);
+    let mut res = LiveBody::response("sse", stream);
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -412,49 +406,6 @@ async fn subscribe_inner(
         h.insert("mercure-last-event-id", c);
     }
     Ok(res)
-}
-
-/// Reads what the subscriber missed after `cursor`, up to the snapshot the
-/// live subscription starts from. Returns the replay and the
-/// `Mercure-Last-Event-ID` value: the requested id when found, `earliest`
-/// when it asked for everything or when the id is unknown or trimmed (then
-/// nothing is replayed: the hub does not pretend to know the position).
-async fn replay(
-    state: &MercureState,
-    cursor: &str,
-    snapshot: u64,
-    matchers: &[TopicMatcher],
-    filter: &dyn Filter,
-) -> Result<(Vec<Arc<Publication>>, Option<String>), MercureError> {
-    let history = state.hub.history();
-    let unavailable = |e: crate::history::HistoryError| MercureError::Unavailable(e.to_string());
-    let after = if cursor == EARLIEST {
-        0
-    } else {
-        match history.seq_of(cursor).await.map_err(unavailable)? {
-            Some(seq) => seq,
-            None => return Ok((Vec::new(), Some(EARLIEST.to_owned()))),
-        }
-    };
-    let mut out = Vec::new();
-    let mut from = after;
-    loop {
-        let page = history
-            .read_after(from, snapshot, REPLAY_PAGE)
-            .await
-            .map_err(unavailable)?;
-        let Some(last) = page.last() else { break };
-        from = last.seq;
-        let full = page.len() == REPLAY_PAGE;
-        out.extend(
-            page.into_iter()
-                .filter(|p| selects(matchers, p) && filter.admits(p)),
-        );
-        if !full {
-            break;
-        }
-    }
-    Ok((out, Some(cursor.to_owned())))
 }
 
 /// Publishes the subscription events of a new connection and returns a

@@ -40,7 +40,7 @@ use super::{
     forward_event, report_gap, Backoff, Broker, Engine, EngineError, EngineOptions, Envelope, Feed,
     PresenceStore,
 };
-use crate::history::{new_epoch, History, HistoryError, StreamPosition};
+use crate::history::{new_epoch, History, HistoryError, ReplayPage, Selection, StreamPosition};
 use crate::hub::publication::now_ms;
 use crate::hub::{ClientInfo, Draft, Publication};
 
@@ -51,6 +51,8 @@ const MARKER: &str = "Tidings-Marker";
 const EXPECTED: &str = "Nats-Expected-Last-Subject-Sequence";
 /// Tries before an append gives up on a channel other nodes keep writing.
 const CAS_TRIES: usize = 32;
+/// Log messages read per consumer of a replay.
+const REPLAY_SCAN: usize = 1000;
 /// Channel tips remembered; the cache is cleared past this.
 const TIPS: usize = 100_000;
 
@@ -587,21 +589,68 @@ impl History for NatsEngine {
         }
     }
 
-    async fn read_after(
+    async fn replay(
         &self,
+        selection: Arc<Selection>,
         after: u64,
         upto: u64,
         limit: usize,
-    ) -> Result<Vec<Arc<Publication>>, HistoryError> {
-        if upto <= after || self.last_seq().await? <= after {
-            return Ok(Vec::new());
+    ) -> Result<ReplayPage, HistoryError> {
+        if upto <= after {
+            return Ok(ReplayPage::default());
         }
-        let policy = consumer::DeliverPolicy::ByStartSequence {
-            start_sequence: after + 1,
-        };
-        Ok(self
-            .scan(String::new(), policy, limit, |seq| seq <= upto)
-            .await?)
+        let mut log = self.log.clone();
+        let state = log.info().await.map_err(err)?.state.clone();
+        // The stream loses its oldest messages (age), and each channel its
+        // own oldest (per-channel size): a gap is either before `after + 1`.
+        let mut gap = after > 0 && state.first_sequence > after + 1;
+        if state.last_sequence <= after {
+            return Ok(ReplayPage {
+                publications: Vec::new(),
+                gap,
+            });
+        }
+        let mut out = Vec::new();
+        let mut channels = std::collections::HashSet::new();
+        let mut from = after;
+        while out.len() < limit && from < upto.min(state.last_sequence) {
+            let policy = consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from + 1,
+            };
+            let page = self
+                .scan(String::new(), policy, REPLAY_SCAN, |seq| seq <= upto)
+                .await?;
+            let Some(last) = page.last() else { break };
+            from = last.seq;
+            for p in page {
+                if out.len() < limit && selection.selects_publication(&p) {
+                    channels.insert(p.channel().to_owned());
+                    out.push(p);
+                }
+            }
+        }
+        // A selected channel whose oldest stored message is already past
+        // `after`, and is not its first: what preceded it may have been
+        // after `after` too.
+        if after > 0 && !gap {
+            for channel in channels {
+                let first = self
+                    .log
+                    .direct_get_next_for_subject(self.subject(&channel), None)
+                    .await;
+                if let Ok(m) = first {
+                    let offset = position_of(&m.headers).map_or(0, |(o, _)| o);
+                    if m.sequence > after && offset > 1 {
+                        gap = true;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(ReplayPage {
+            publications: out,
+            gap,
+        })
     }
 
     async fn last(&self) -> Result<Option<(u64, String)>, HistoryError> {

@@ -32,7 +32,7 @@ use super::{
     forward_event, report_gap, Backoff, Broker, Engine, EngineError, EngineOptions, Envelope, Feed,
     PresenceStore,
 };
-use crate::history::{new_epoch, History, HistoryError, StreamPosition};
+use crate::history::{new_epoch, History, HistoryError, ReplayPage, Selection, StreamPosition};
 use crate::hub::{ClientInfo, Draft, Publication};
 
 /// Positions and stores a batch. ARGV: prefix, log cap, then per draft:
@@ -86,6 +86,9 @@ for _, c in ipairs(gone) do
 end
 return redis.call('HGETALL', KEYS[1])
 "#;
+
+/// Log entries read per round trip of a replay.
+const REPLAY_SCAN: usize = 1000;
 
 fn err(e: redis::RedisError) -> EngineError {
     EngineError::Redis(e.to_string())
@@ -175,8 +178,10 @@ impl RedisEngine {
         let time_ms = number("t")?;
         let raw: Vec<u8> = entry.get("d").ok_or_else(|| bad("publication"))?;
         let draft: Draft = postcard::from_bytes(&raw).map_err(|_| bad("publication"))?;
+        // A channel's history is read up to its TTL; the log keeps what it
+        // holds until it is cut (replaying an old one loses nothing).
         let ttl = self.options.retention.for_channel(&draft.channel).ttl;
-        if time_ms + (ttl.as_millis() as u64) < crate::hub::publication::now_ms() {
+        if !in_log && time_ms + (ttl.as_millis() as u64) < crate::hub::publication::now_ms() {
             return Ok(None);
         }
         Ok(Some(Publication::new(
@@ -395,26 +400,55 @@ impl History for RedisEngine {
         Ok(seq.and_then(|s| s.parse().ok()))
     }
 
-    async fn read_after(
+    async fn replay(
         &self,
+        selection: Arc<Selection>,
         after: u64,
         upto: u64,
         limit: usize,
-    ) -> Result<Vec<Arc<Publication>>, HistoryError> {
+    ) -> Result<ReplayPage, HistoryError> {
         if upto <= after {
-            return Ok(Vec::new());
+            return Ok(ReplayPage::default());
         }
         let mut conn = self.conn.clone();
-        let reply: StreamRangeReply = conn
-            .xrange_count(
-                self.global("log"),
-                format!("({after}-0"),
-                format!("{upto}-0"),
-                limit,
-            )
-            .await
-            .map_err(err)?;
-        Ok(self.decode_all(&reply.ids, true)?)
+        let log = self.global("log");
+        // `P:log` is only ever cut from its start: a gap is a start past
+        // `after + 1` (an empty log counts as starting after `seq`).
+        let first: StreamRangeReply = conn.xrange_count(&log, "-", "+", 1).await.map_err(err)?;
+        let first_seq = match first.ids.first() {
+            Some(e) => {
+                e.id.split('-')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            }
+            None => {
+                let seq: Option<String> = conn.get(self.global("seq")).await.map_err(err)?;
+                seq.and_then(|s| s.parse::<u64>().ok()).unwrap_or(0) + 1
+            }
+        };
+        let gap = after > 0 && first_seq > after + 1;
+        let mut out = Vec::new();
+        let mut from = after;
+        while out.len() < limit {
+            let page: StreamRangeReply = conn
+                .xrange_count(&log, format!("({from}-0"), format!("{upto}-0"), REPLAY_SCAN)
+                .await
+                .map_err(err)?;
+            for p in self.decode_all(&page.ids, true)? {
+                from = p.seq;
+                if out.len() < limit && selection.selects_publication(&p) {
+                    out.push(p);
+                }
+            }
+            if page.ids.len() < REPLAY_SCAN {
+                break;
+            }
+        }
+        Ok(ReplayPage {
+            publications: out,
+            gap,
+        })
     }
 
     async fn last(&self) -> Result<Option<(u64, String)>, HistoryError> {

@@ -5,15 +5,24 @@
 //! the per-channel index and the channel positions are updated in the same
 //! transaction, so they can never disagree after a crash. The choice of
 //! redb over fjall and the measurement behind it are in docs/decisions.md.
+//!
+//! What is not written: asking a channel's position (a channel never
+//! published is at offset 0 of the store's base epoch), and ephemeral
+//! channels (Mercure subscription events), kept in memory [`Rings`] that
+//! share the store's `seq`. Sweeping reads what expired in a read
+//! transaction, then removes it in small write transactions, so appends
+//! never wait behind a sweep of the whole store.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableTable, TableDefinition};
+use parking_lot::Mutex;
+use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::{new_epoch, History, HistoryError, RetentionPolicy, StreamPosition};
+use super::memory::Rings;
+use super::{History, HistoryError, ReplayPage, RetentionPolicy, Selection, StreamPosition};
 use crate::hub::publication::now_ms;
 use crate::hub::{Draft, Publication};
 
@@ -25,11 +34,39 @@ const IDS: TableDefinition<&str, u64> = TableDefinition::new("ids");
 const CHAN: TableDefinition<(&str, u64), (u64, u64)> = TableDefinition::new("chan");
 /// channel → encoded [`Meta`].
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Hub-wide counters.
+/// (alternate topic, seq): the publications an alternate topic routes.
+const ALT: TableDefinition<(&str, u64), ()> = TableDefinition::new("alt");
+/// alternate topic → newest seq removed from it (0: none yet).
+const ALT_TOPICS: TableDefinition<&str, u64> = TableDefinition::new("alt_topics");
+/// Store-wide numbers (see the `STATE_*` keys).
 const STATE: TableDefinition<&str, u64> = TableDefinition::new("state");
 
+/// The last `seq` given out.
+const STATE_LAST_SEQ: &str = "last_seq";
+/// The base epoch, as a number (see [`Rings`] for why it changes).
+const STATE_EPOCH_BASE: &str = "epoch_base";
+/// Newest `seq` of a topic the store forgot.
+const STATE_FORGOTTEN: &str = "forgotten";
+/// The format of [`META`] values.
+const STATE_META_VERSION: &str = "meta_version";
+const META_VERSION: u64 = 2;
+
+/// Most publications removed by one sweeping transaction.
+const SWEEP_BATCH: usize = 2_000;
+
+/// A channel's position and what it lost.
 #[derive(Serialize, Deserialize)]
 struct Meta {
+    epoch: String,
+    top: u64,
+    touched_ms: u64,
+    /// Newest `seq` removed from the channel (trimmed, expired, deleted).
+    trimmed: u64,
+}
+
+/// [`Meta`] as versions before 2 wrote it.
+#[derive(Deserialize)]
+struct MetaV1 {
     epoch: String,
     top: u64,
     touched_ms: u64,
@@ -39,131 +76,619 @@ fn store(e: impl std::fmt::Display) -> HistoryError {
     HistoryError::Store(e.to_string())
 }
 
+fn epoch_name(base: u64) -> String {
+    format!("{:08x}", base as u32)
+}
+
+fn random_base() -> u64 {
+    u64::from(uuid::Uuid::new_v4().as_fields().0)
+}
+
 /// Durable history in a redb file.
 pub struct DiskHistory {
     db: Arc<Database>,
     retention: Arc<RetentionPolicy>,
+    /// Ephemeral channels, and the last `seq` given out to any channel.
+    memory: Arc<Mutex<(u64, Rings)>>,
 }
 
 impl DiskHistory {
-    /// Opens (or creates) `dir/history.redb`.
-    pub fn open(dir: &Path, retention: RetentionPolicy) -> Result<Self, HistoryError> {
+    /// Opens (or creates) `dir/history.redb`, caching at most
+    /// `cache_bytes` of it in memory.
+    pub fn open(
+        dir: &Path,
+        retention: RetentionPolicy,
+        cache_bytes: usize,
+    ) -> Result<Self, HistoryError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             HistoryError::Store(format!(
                 "cannot create data directory {}: {e}",
                 dir.display()
             ))
         })?;
-        let db = Database::create(dir.join("history.redb")).map_err(store)?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(dir.join("history.redb"))
+            .map_err(store)?;
         let txn = db.begin_write().map_err(store)?;
-        {
+        let last_seq = {
             txn.open_table(LOG).map_err(store)?;
             txn.open_table(IDS).map_err(store)?;
             txn.open_table(CHAN).map_err(store)?;
-            txn.open_table(META).map_err(store)?;
-            txn.open_table(STATE).map_err(store)?;
-        }
+            txn.open_table(ALT).map_err(store)?;
+            txn.open_table(ALT_TOPICS).map_err(store)?;
+            let mut state = txn.open_table(STATE).map_err(store)?;
+            if state.get(STATE_EPOCH_BASE).map_err(store)?.is_none() {
+                state
+                    .insert(STATE_EPOCH_BASE, random_base())
+                    .map_err(store)?;
+            }
+            let last_seq = state
+                .get(STATE_LAST_SEQ)
+                .map_err(store)?
+                .map_or(0, |v| v.value());
+            let version = state
+                .get(STATE_META_VERSION)
+                .map_err(store)?
+                .map_or(1, |v| v.value());
+            drop(state);
+            if version < META_VERSION {
+                upgrade_meta(&txn, last_seq)?;
+            }
+            txn.open_table(STATE)
+                .map_err(store)?
+                .insert(STATE_META_VERSION, META_VERSION)
+                .map_err(store)?;
+            last_seq
+        };
         txn.commit().map_err(store)?;
         Ok(DiskHistory {
             db: Arc::new(db),
             retention: Arc::new(retention),
+            memory: Arc::new(Mutex::new((last_seq, Rings::default()))),
         })
     }
 
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Database, &RetentionPolicy) -> Result<T, HistoryError> + Send + 'static,
+        f: impl FnOnce(&DiskHistory) -> Result<T, HistoryError> + Send + 'static,
     ) -> Result<T, HistoryError> {
-        let db = self.db.clone();
-        let retention = self.retention.clone();
-        tokio::task::spawn_blocking(move || f(&db, &retention))
+        let this = DiskHistory {
+            db: self.db.clone(),
+            retention: self.retention.clone(),
+            memory: self.memory.clone(),
+        };
+        tokio::task::spawn_blocking(move || f(&this))
             .await
             .map_err(store)?
     }
-}
 
-fn append(
-    db: &Database,
-    retention: &RetentionPolicy,
-    drafts: Vec<Draft>,
-) -> Result<Vec<Arc<Publication>>, HistoryError> {
-    let now = now_ms();
-    let txn = db.begin_write().map_err(store)?;
-    let mut out = Vec::with_capacity(drafts.len());
-    {
-        let mut log = txn.open_table(LOG).map_err(store)?;
-        let mut ids = txn.open_table(IDS).map_err(store)?;
-        let mut chan = txn.open_table(CHAN).map_err(store)?;
-        let mut meta = txn.open_table(META).map_err(store)?;
-        let mut state = txn.open_table(STATE).map_err(store)?;
-        let mut seq = state
-            .get("last_seq")
-            .map_err(store)?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        for draft in drafts {
-            seq += 1;
-            let mut m = meta
-                .get(draft.channel.as_str())
-                .map_err(store)?
-                .and_then(|v| postcard::from_bytes::<Meta>(v.value()).ok())
-                .unwrap_or_else(|| Meta {
-                    epoch: new_epoch().to_string(),
-                    top: 0,
-                    touched_ms: now,
-                });
-            m.top += 1;
-            m.touched_ms = now;
-            let p = Publication::new(draft, seq, m.top, m.epoch.as_str().into(), now);
-            log.insert(seq, p.to_bytes().as_slice()).map_err(store)?;
-            if ids.get(p.id()).map_err(store)?.is_none() {
-                ids.insert(p.id(), seq).map_err(store)?;
+    fn read(&self) -> Result<ReadTransaction, HistoryError> {
+        self.db.begin_read().map_err(store)
+    }
+
+    fn append(&self, drafts: Vec<Draft>) -> Result<Vec<Arc<Publication>>, HistoryError> {
+        let now = now_ms();
+        let mut memory = self.memory.lock();
+        let (last_seq, rings) = &mut *memory;
+        let first = *last_seq + 1;
+        *last_seq += drafts.len() as u64;
+        let mut out: Vec<Option<Arc<Publication>>> = vec![None; drafts.len()];
+        let mut durable = Vec::with_capacity(drafts.len());
+        for (i, draft) in drafts.into_iter().enumerate() {
+            let seq = first + i as u64;
+            if self.retention.is_ephemeral(&draft.channel) {
+                let size = self.retention.for_channel(&draft.channel).size;
+                out[i] = Some(rings.insert(draft, seq, now, size));
+            } else {
+                durable.push((i, seq, draft));
             }
-            chan.insert((p.channel(), p.offset), (seq, now))
-                .map_err(store)?;
-            let meta_bytes = postcard::to_stdvec(&m).map_err(store)?;
-            meta.insert(p.channel(), meta_bytes.as_slice())
-                .map_err(store)?;
-            // Trim the channel to its size: offsets are contiguous, so
-            // everything at or below `top - size` goes.
-            let size = retention.for_channel(p.channel()).size as u64;
-            if m.top > size {
-                let cut = m.top - size;
-                let old: Vec<(u64, u64)> = chan
-                    .range((p.channel(), 0)..=(p.channel(), cut))
-                    .map_err(store)?
-                    .filter_map(|e| e.ok().map(|(k, v)| (k.value().1, v.value().0)))
-                    .collect();
-                for (offset, old_seq) in old {
-                    chan.remove((p.channel(), offset)).map_err(store)?;
-                    forget(&mut log, &mut ids, old_seq)?;
+        }
+        let last = *last_seq;
+        drop(memory);
+        if !durable.is_empty() {
+            let txn = self.db.begin_write().map_err(store)?;
+            {
+                let mut t = Tables::open(&txn)?;
+                let base = epoch_name(t.state_get(STATE_EPOCH_BASE)?);
+                for (i, seq, draft) in durable {
+                    let size = self.retention.for_channel(&draft.channel).size as u64;
+                    out[i] = Some(t.append(draft, seq, now, size, &base)?);
+                }
+                t.state.insert(STATE_LAST_SEQ, last).map_err(store)?;
+            }
+            txn.commit().map_err(store)?;
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    fn replay_stored(
+        &self,
+        selection: &Selection,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<ReplayPage, HistoryError> {
+        let txn = self.read()?;
+        let meta = txn.open_table(META).map_err(store)?;
+        let chan = txn.open_table(CHAN).map_err(store)?;
+        let alt = txn.open_table(ALT).map_err(store)?;
+        let alt_topics = txn.open_table(ALT_TOPICS).map_err(store)?;
+        let forgotten = txn
+            .open_table(STATE)
+            .map_err(store)?
+            .get(STATE_FORGOTTEN)
+            .map_err(store)?
+            .map_or(0, |v| v.value());
+        let mut seqs = std::collections::BTreeSet::new();
+        let mut gap = false;
+        // Collects a channel's selected seqs; true when it lost some.
+        let mut channel = |name: &str, m: Meta| -> Result<bool, HistoryError> {
+            let found = first_offset_after(&chan, name, m.top, after)?;
+            if let Some(offset) = found {
+                let range = chan.range((name, offset)..=(name, m.top)).map_err(store)?;
+                for entry in range.take(limit) {
+                    let seq = entry.map_err(store)?.1.value().0;
+                    if seq > upto {
+                        break;
+                    }
+                    seqs.insert(seq);
                 }
             }
-            out.push(Arc::new(p));
+            Ok(m.trimmed > after)
+        };
+        for topic in selection.exact() {
+            match read_meta(&meta, topic)? {
+                Some(m) => gap |= channel(topic, m)?,
+                None if alt_topics.get(topic).map_err(store)?.is_none() => gap |= forgotten > after,
+                None => {}
+            }
         }
-        state.insert("last_seq", seq).map_err(store)?;
+        if selection.has_patterns() {
+            for entry in meta.iter().map_err(store)? {
+                let (name, value) = entry.map_err(store)?;
+                if selection.selects_by_pattern(name.value()) {
+                    if let Some(m) = decode_meta(value.value()) {
+                        gap |= channel(name.value(), m)?;
+                    }
+                }
+            }
+        }
+        for entry in alt_topics.iter().map_err(store)? {
+            let (name, trimmed) = entry.map_err(store)?;
+            let name = name.value();
+            if !selection.selects(name) {
+                continue;
+            }
+            gap |= trimmed.value() > after;
+            for entry in alt
+                .range((name, after + 1)..=(name, upto))
+                .map_err(store)?
+                .take(limit)
+            {
+                seqs.insert(entry.map_err(store)?.0.value().1);
+            }
+        }
+        let log = txn.open_table(LOG).map_err(store)?;
+        let mut publications = Vec::new();
+        for seq in seqs.into_iter().take(limit) {
+            if let Some(bytes) = log.get(seq).map_err(store)? {
+                publications.push(decode(bytes.value())?);
+            }
+        }
+        Ok(ReplayPage { publications, gap })
     }
-    txn.commit().map_err(store)?;
-    Ok(out)
+
+    /// Removes what expired, a few channels per transaction.
+    fn sweep(&self) -> Result<usize, HistoryError> {
+        let now = now_ms();
+        let mut removed = self.memory.lock().1.sweep(now, &self.retention);
+        // What to look at, read without blocking writers.
+        let candidates: Vec<String> = {
+            let txn = self.read()?;
+            let meta = txn.open_table(META).map_err(store)?;
+            let chan = txn.open_table(CHAN).map_err(store)?;
+            let mut out = Vec::new();
+            for entry in meta.iter().map_err(store)? {
+                let (name, value) = entry.map_err(store)?;
+                let name = name.value();
+                let Some(m) = decode_meta(value.value()) else {
+                    continue;
+                };
+                let r = self.retention.for_channel(name);
+                let oldest = chan
+                    .range((name, 0)..=(name, u64::MAX))
+                    .map_err(store)?
+                    .next()
+                    .transpose()
+                    .map_err(store)?
+                    .map(|(_, v)| v.value().1);
+                let due = match oldest {
+                    Some(time) => now.saturating_sub(time) >= r.ttl.as_millis() as u64,
+                    None => now.saturating_sub(m.touched_ms) >= r.meta_ttl.as_millis() as u64,
+                };
+                if due {
+                    out.push(name.to_owned());
+                }
+            }
+            out
+        };
+        let mut candidates = candidates.into_iter().peekable();
+        while candidates.peek().is_some() {
+            let txn = self.db.begin_write().map_err(store)?;
+            let mut forgot = 0;
+            {
+                let mut t = Tables::open(&txn)?;
+                let mut budget = SWEEP_BATCH;
+                while budget > 0 {
+                    let Some(name) = candidates.next() else { break };
+                    let (n, f) = t.expire(&name, now, &self.retention, budget)?;
+                    removed += n;
+                    budget = budget.saturating_sub(n.max(1));
+                    forgot = forgot.max(f);
+                }
+                if forgot > 0 {
+                    t.forgot(forgot)?;
+                }
+            }
+            txn.commit().map_err(store)?;
+        }
+        self.sweep_alternates()?;
+        Ok(removed)
+    }
+
+    /// Forgets alternate topics that route nothing any more.
+    fn sweep_alternates(&self) -> Result<(), HistoryError> {
+        let empty: Vec<String> = {
+            let txn = self.read()?;
+            let alt = txn.open_table(ALT).map_err(store)?;
+            let topics = txn.open_table(ALT_TOPICS).map_err(store)?;
+            let mut out = Vec::new();
+            for entry in topics.iter().map_err(store)? {
+                let (name, _) = entry.map_err(store)?;
+                let name = name.value();
+                if alt
+                    .range((name, 0)..=(name, u64::MAX))
+                    .map_err(store)?
+                    .next()
+                    .is_none()
+                {
+                    out.push(name.to_owned());
+                }
+            }
+            out
+        };
+        for chunk in empty.chunks(SWEEP_BATCH) {
+            let txn = self.db.begin_write().map_err(store)?;
+            {
+                let mut t = Tables::open(&txn)?;
+                let mut forgot = 0;
+                for name in chunk {
+                    let still_empty = t
+                        .alt
+                        .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
+                        .map_err(store)?
+                        .next()
+                        .is_none();
+                    if still_empty {
+                        if let Some(trimmed) = t.alt_topics.remove(name.as_str()).map_err(store)? {
+                            forgot = forgot.max(trimmed.value());
+                        }
+                    }
+                }
+                if forgot > 0 {
+                    t.forgot(forgot)?;
+                }
+            }
+            txn.commit().map_err(store)?;
+        }
+        Ok(())
+    }
 }
 
-/// Removes one publication from the log and, if it owns it, the id index.
-fn forget(
-    log: &mut redb::Table<u64, &[u8]>,
-    ids: &mut redb::Table<&str, u64>,
-    seq: u64,
-) -> Result<(), HistoryError> {
-    let removed = log
-        .remove(seq)
-        .map_err(store)?
-        .and_then(|v| Publication::from_bytes(v.value()));
-    if let Some(p) = removed {
-        let owns = ids.get(p.id()).map_err(store)?.map(|v| v.value()) == Some(seq);
-        if owns {
-            ids.remove(p.id()).map_err(store)?;
+/// The tables a write transaction changes.
+struct Tables<'txn> {
+    log: redb::Table<'txn, u64, &'static [u8]>,
+    ids: redb::Table<'txn, &'static str, u64>,
+    chan: redb::Table<'txn, (&'static str, u64), (u64, u64)>,
+    meta: redb::Table<'txn, &'static str, &'static [u8]>,
+    alt: redb::Table<'txn, (&'static str, u64), ()>,
+    alt_topics: redb::Table<'txn, &'static str, u64>,
+    state: redb::Table<'txn, &'static str, u64>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, HistoryError> {
+        Ok(Tables {
+            log: txn.open_table(LOG).map_err(store)?,
+            ids: txn.open_table(IDS).map_err(store)?,
+            chan: txn.open_table(CHAN).map_err(store)?,
+            meta: txn.open_table(META).map_err(store)?,
+            alt: txn.open_table(ALT).map_err(store)?,
+            alt_topics: txn.open_table(ALT_TOPICS).map_err(store)?,
+            state: txn.open_table(STATE).map_err(store)?,
+        })
+    }
+
+    fn state_get(&self, key: &str) -> Result<u64, HistoryError> {
+        Ok(self.state.get(key).map_err(store)?.map_or(0, |v| v.value()))
+    }
+
+    fn meta_get(&self, channel: &str) -> Result<Option<Meta>, HistoryError> {
+        read_meta(&self.meta, channel)
+    }
+
+    fn meta_put(&mut self, channel: &str, m: &Meta) -> Result<(), HistoryError> {
+        let bytes = postcard::to_stdvec(m).map_err(store)?;
+        self.meta.insert(channel, bytes.as_slice()).map_err(store)?;
+        Ok(())
+    }
+
+    /// Stores one publication at `seq` and trims its channel to `size`.
+    fn append(
+        &mut self,
+        draft: Draft,
+        seq: u64,
+        now: u64,
+        size: u64,
+        base: &str,
+    ) -> Result<Arc<Publication>, HistoryError> {
+        let mut m = self.meta_get(&draft.channel)?.unwrap_or_else(|| Meta {
+            epoch: base.to_owned(),
+            top: 0,
+            touched_ms: now,
+            trimmed: 0,
+        });
+        m.top += 1;
+        m.touched_ms = now;
+        let p = Publication::new(draft, seq, m.top, m.epoch.as_str().into(), now);
+        self.log
+            .insert(seq, p.to_bytes().as_slice())
+            .map_err(store)?;
+        if self.ids.get(p.id()).map_err(store)?.is_none() {
+            self.ids.insert(p.id(), seq).map_err(store)?;
         }
+        self.chan
+            .insert((p.channel(), p.offset), (seq, now))
+            .map_err(store)?;
+        for alternate in &p.draft.alternates {
+            self.alt
+                .insert((alternate.as_str(), seq), ())
+                .map_err(store)?;
+            if self
+                .alt_topics
+                .get(alternate.as_str())
+                .map_err(store)?
+                .is_none()
+            {
+                self.alt_topics
+                    .insert(alternate.as_str(), 0)
+                    .map_err(store)?;
+            }
+        }
+        // Offsets are contiguous: everything at or below `top - size` goes.
+        if m.top > size {
+            let cut = m.top - size;
+            let old: Vec<(u64, u64)> = self
+                .chan
+                .range((p.channel(), 0)..=(p.channel(), cut))
+                .map_err(store)?
+                .map(|e| e.map(|(k, v)| (k.value().1, v.value().0)))
+                .collect::<Result<_, _>>()
+                .map_err(store)?;
+            for (offset, old_seq) in old {
+                self.chan.remove((p.channel(), offset)).map_err(store)?;
+                self.forget(old_seq)?;
+                m.trimmed = m.trimmed.max(old_seq);
+            }
+        }
+        self.meta_put(p.channel(), &m)?;
+        Ok(Arc::new(p))
+    }
+
+    /// Removes one publication from the log, the id index (if it owns its
+    /// id) and its alternate topics.
+    fn forget(&mut self, seq: u64) -> Result<(), HistoryError> {
+        let removed = self
+            .log
+            .remove(seq)
+            .map_err(store)?
+            .and_then(|v| Publication::from_bytes(v.value()));
+        let Some(p) = removed else {
+            return Ok(());
+        };
+        let owns = self.ids.get(p.id()).map_err(store)?.map(|v| v.value()) == Some(seq);
+        if owns {
+            self.ids.remove(p.id()).map_err(store)?;
+        }
+        for alternate in &p.draft.alternates {
+            self.alt.remove((alternate.as_str(), seq)).map_err(store)?;
+            let trimmed = self
+                .alt_topics
+                .get(alternate.as_str())
+                .map_err(store)?
+                .map_or(0, |v| v.value());
+            self.alt_topics
+                .insert(alternate.as_str(), trimmed.max(seq))
+                .map_err(store)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a channel's publications with `keep` telling which stay
+    /// (from the oldest on: the first kept one ends the removal), at most
+    /// `budget` of them. Returns how many went.
+    fn remove_oldest(
+        &mut self,
+        channel: &str,
+        budget: usize,
+        mut keep: impl FnMut(u64) -> bool,
+    ) -> Result<usize, HistoryError> {
+        let Some(mut m) = self.meta_get(channel)? else {
+            return Ok(0);
+        };
+        let mut old = Vec::new();
+        for entry in self
+            .chan
+            .range((channel, 0)..=(channel, u64::MAX))
+            .map_err(store)?
+        {
+            let (k, v) = entry.map_err(store)?;
+            let (seq, time) = v.value();
+            if old.len() >= budget || keep(time) {
+                break;
+            }
+            old.push((k.value().1, seq));
+        }
+        for &(offset, seq) in &old {
+            self.chan.remove((channel, offset)).map_err(store)?;
+            self.forget(seq)?;
+            m.trimmed = m.trimmed.max(seq);
+        }
+        if !old.is_empty() {
+            self.meta_put(channel, &m)?;
+        }
+        Ok(old.len())
+    }
+
+    /// Expires a channel's old publications, and forgets the channel when
+    /// nothing is left and it has been idle past its `meta_ttl`. Returns
+    /// how many publications went, and the channel's `trimmed` when it was
+    /// forgotten (else 0).
+    fn expire(
+        &mut self,
+        channel: &str,
+        now: u64,
+        retention: &RetentionPolicy,
+        budget: usize,
+    ) -> Result<(usize, u64), HistoryError> {
+        let r = retention.for_channel(channel);
+        let ttl = r.ttl.as_millis() as u64;
+        let removed = self.remove_oldest(channel, budget, |time| now.saturating_sub(time) < ttl)?;
+        let empty = self
+            .chan
+            .range((channel, 0)..=(channel, u64::MAX))
+            .map_err(store)?
+            .next()
+            .is_none();
+        let Some(m) = self.meta_get(channel)? else {
+            return Ok((removed, 0));
+        };
+        if empty && now.saturating_sub(m.touched_ms) >= r.meta_ttl.as_millis() as u64 {
+            self.meta.remove(channel).map_err(store)?;
+            return Ok((removed, m.trimmed.max(1)));
+        }
+        Ok((removed, 0))
+    }
+
+    /// Topics were forgotten, the newest of their publications being
+    /// `seq`: cursors before it may have lost them, and channels born from
+    /// now on get a new base epoch.
+    fn forgot(&mut self, seq: u64) -> Result<(), HistoryError> {
+        let forgotten = self.state_get(STATE_FORGOTTEN)?.max(seq);
+        self.state
+            .insert(STATE_FORGOTTEN, forgotten)
+            .map_err(store)?;
+        self.state
+            .insert(STATE_EPOCH_BASE, random_base())
+            .map_err(store)?;
+        Ok(())
+    }
+}
+
+fn decode_meta(bytes: &[u8]) -> Option<Meta> {
+    postcard::from_bytes::<Meta>(bytes).ok()
+}
+
+fn read_meta<T>(meta: &T, channel: &str) -> Result<Option<Meta>, HistoryError>
+where
+    T: ReadableTable<&'static str, &'static [u8]>,
+{
+    Ok(meta
+        .get(channel)
+        .map_err(store)?
+        .and_then(|v| decode_meta(v.value())))
+}
+
+/// Rewrites positions of the format before 2 (without `trimmed`). What
+/// was trimmed then is not known exactly: everything before the oldest
+/// publication kept counts as trimmed, and a channel with none kept as
+/// trimmed up to the newest `seq`.
+fn upgrade_meta(txn: &WriteTransaction, last_seq: u64) -> Result<(), HistoryError> {
+    let mut meta = txn.open_table(META).map_err(store)?;
+    let chan = txn.open_table(CHAN).map_err(store)?;
+    let old: Vec<(String, Vec<u8>)> = meta
+        .iter()
+        .map_err(store)?
+        .map(|e| e.map(|(k, v)| (k.value().to_owned(), v.value().to_vec())))
+        .collect::<Result<_, _>>()
+        .map_err(store)?;
+    for (name, bytes) in old {
+        let Ok(v1) = postcard::from_bytes::<MetaV1>(&bytes) else {
+            continue;
+        };
+        let oldest = chan
+            .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
+            .map_err(store)?
+            .next()
+            .transpose()
+            .map_err(store)?
+            .map(|(k, v)| (k.value().1, v.value().0));
+        let trimmed = match oldest {
+            Some((1, _)) => 0,
+            Some((_, seq)) => seq - 1,
+            None if v1.top == 0 => 0,
+            None => last_seq,
+        };
+        let m = Meta {
+            epoch: v1.epoch,
+            top: v1.top,
+            touched_ms: v1.touched_ms,
+            trimmed,
+        };
+        let bytes = postcard::to_stdvec(&m).map_err(store)?;
+        meta.insert(name.as_str(), bytes.as_slice())
+            .map_err(store)?;
     }
     Ok(())
+}
+
+/// The lowest offset of `channel` whose `seq` is above `after` (offsets
+/// `lo..=top` are stored and their seqs ascend: a binary search).
+fn first_offset_after<T>(
+    chan: &T,
+    channel: &str,
+    top: u64,
+    after: u64,
+) -> Result<Option<u64>, HistoryError>
+where
+    T: ReadableTable<(&'static str, u64), (u64, u64)>,
+{
+    let Some(first) = chan
+        .range((channel, 0)..=(channel, top))
+        .map_err(store)?
+        .next()
+        .transpose()
+        .map_err(store)?
+    else {
+        return Ok(None);
+    };
+    let (mut lo, mut hi) = (first.0.value().1, top + 1);
+    let seq_at = |offset: u64| -> Result<u64, HistoryError> {
+        Ok(chan
+            .get((channel, offset))
+            .map_err(store)?
+            .map_or(u64::MAX, |v| v.value().0))
+    };
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if seq_at(mid)? > after {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok((lo <= top).then_some(lo))
 }
 
 fn decode(bytes: &[u8]) -> Result<Arc<Publication>, HistoryError> {
@@ -175,52 +700,62 @@ fn decode(bytes: &[u8]) -> Result<Arc<Publication>, HistoryError> {
 #[async_trait]
 impl History for DiskHistory {
     async fn append(&self, drafts: Vec<Draft>) -> Result<Vec<Arc<Publication>>, HistoryError> {
-        self.blocking(move |db, r| append(db, r, drafts)).await
+        self.blocking(move |h| h.append(drafts)).await
     }
 
     async fn seq_of(&self, id: &str) -> Result<Option<u64>, HistoryError> {
+        if let Some(seq) = self.memory.lock().1.seq_of(id) {
+            return Ok(Some(seq));
+        }
         let id = id.to_owned();
-        self.blocking(move |db, _| {
-            let txn = db.begin_read().map_err(store)?;
+        self.blocking(move |h| {
+            let txn = h.read()?;
             let ids = txn.open_table(IDS).map_err(store)?;
             Ok(ids.get(id.as_str()).map_err(store)?.map(|v| v.value()))
         })
         .await
     }
 
-    async fn read_after(
+    async fn replay(
         &self,
+        selection: Arc<Selection>,
         after: u64,
         upto: u64,
         limit: usize,
-    ) -> Result<Vec<Arc<Publication>>, HistoryError> {
+    ) -> Result<ReplayPage, HistoryError> {
         if after >= upto {
-            return Ok(Vec::new());
+            return Ok(ReplayPage::default());
         }
-        self.blocking(move |db, _| {
-            let txn = db.begin_read().map_err(store)?;
-            let log = txn.open_table(LOG).map_err(store)?;
-            let mut out = Vec::new();
-            for entry in log.range(after + 1..=upto).map_err(store)?.take(limit) {
-                let (_, v) = entry.map_err(store)?;
-                out.push(decode(v.value())?);
-            }
-            Ok(out)
-        })
-        .await
+        let ephemeral = self.memory.lock().1.replay(&selection, after, upto, limit);
+        let mut page = self
+            .blocking(move |h| h.replay_stored(&selection, after, upto, limit))
+            .await?;
+        if !ephemeral.publications.is_empty() {
+            page.publications.extend(ephemeral.publications);
+            page.publications.sort_by_key(|p| p.seq);
+            page.publications.truncate(limit);
+        }
+        page.gap |= ephemeral.gap;
+        Ok(page)
     }
 
     async fn last(&self) -> Result<Option<(u64, String)>, HistoryError> {
-        self.blocking(|db, _| {
-            let txn = db.begin_read().map_err(store)?;
-            let log = txn.open_table(LOG).map_err(store)?;
-            let last = match log.last().map_err(store)? {
-                Some((k, v)) => Some((k.value(), decode(v.value())?.id().to_owned())),
-                None => None,
-            };
-            Ok(last)
+        let ephemeral = self.memory.lock().1.last();
+        let stored = self
+            .blocking(|h| {
+                let txn = h.read()?;
+                let log = txn.open_table(LOG).map_err(store)?;
+                let last = match log.last().map_err(store)? {
+                    Some((k, v)) => Some((k.value(), decode(v.value())?.id().to_owned())),
+                    None => None,
+                };
+                Ok(last)
+            })
+            .await?;
+        Ok(match (stored, ephemeral) {
+            (Some(a), Some(b)) => Some(if a.0 > b.0 { a } else { b }),
+            (a, b) => a.or(b),
         })
-        .await
     }
 
     async fn read_channel(
@@ -229,22 +764,13 @@ impl History for DiskHistory {
         since: u64,
         limit: usize,
     ) -> Result<(Vec<Arc<Publication>>, StreamPosition), HistoryError> {
+        if self.retention.is_ephemeral(channel) {
+            return Ok(self.memory.lock().1.read_channel(channel, since, limit));
+        }
         let channel = channel.to_owned();
-        self.blocking(move |db, _| {
-            let txn = db.begin_read().map_err(store)?;
-            let meta = txn.open_table(META).map_err(store)?;
-            let position = meta
-                .get(channel.as_str())
-                .map_err(store)?
-                .and_then(|v| postcard::from_bytes::<Meta>(v.value()).ok())
-                .map(|m| StreamPosition {
-                    offset: m.top,
-                    epoch: m.epoch,
-                })
-                .unwrap_or(StreamPosition {
-                    offset: 0,
-                    epoch: String::new(),
-                });
+        self.blocking(move |h| {
+            let txn = h.read()?;
+            let position = position(&txn, &channel)?;
             let chan = txn.open_table(CHAN).map_err(store)?;
             let log = txn.open_table(LOG).map_err(store)?;
             let mut out = Vec::new();
@@ -261,129 +787,59 @@ impl History for DiskHistory {
     }
 
     async fn position(&self, channel: &str) -> Result<StreamPosition, HistoryError> {
+        if self.retention.is_ephemeral(channel) {
+            return Ok(self.memory.lock().1.position(channel));
+        }
         let channel = channel.to_owned();
-        self.blocking(move |db, _| {
-            let existing = {
-                let txn = db.begin_read().map_err(store)?;
-                let meta = txn.open_table(META).map_err(store)?;
-                let m = meta.get(channel.as_str()).map_err(store)?;
-                m.and_then(|v| postcard::from_bytes::<Meta>(v.value()).ok())
-            };
-            if let Some(m) = existing {
-                return Ok(StreamPosition {
-                    offset: m.top,
-                    epoch: m.epoch,
-                });
-            }
-            let txn = db.begin_write().map_err(store)?;
-            let m = {
-                let mut meta = txn.open_table(META).map_err(store)?;
-                // Another writer may have created it meanwhile.
-                let current = meta
-                    .get(channel.as_str())
-                    .map_err(store)?
-                    .and_then(|v| postcard::from_bytes::<Meta>(v.value()).ok());
-                match current {
-                    Some(m) => m,
-                    None => {
-                        let m = Meta {
-                            epoch: new_epoch().to_string(),
-                            top: 0,
-                            touched_ms: now_ms(),
-                        };
-                        let bytes = postcard::to_stdvec(&m).map_err(store)?;
-                        meta.insert(channel.as_str(), bytes.as_slice())
-                            .map_err(store)?;
-                        m
-                    }
-                }
-            };
-            txn.commit().map_err(store)?;
-            Ok(StreamPosition {
-                offset: m.top,
-                epoch: m.epoch,
-            })
-        })
-        .await
+        self.blocking(move |h| position(&h.read()?, &channel)).await
     }
 
     async fn remove_channel(&self, channel: &str) -> Result<(), HistoryError> {
+        if self.retention.is_ephemeral(channel) {
+            self.memory.lock().1.remove_channel(channel);
+            return Ok(());
+        }
         let channel = channel.to_owned();
-        self.blocking(move |db, _| {
-            let txn = db.begin_write().map_err(store)?;
-            {
-                let mut log = txn.open_table(LOG).map_err(store)?;
-                let mut ids = txn.open_table(IDS).map_err(store)?;
-                let mut chan = txn.open_table(CHAN).map_err(store)?;
-                let entries: Vec<(u64, u64)> = chan
-                    .range((channel.as_str(), 0)..=(channel.as_str(), u64::MAX))
-                    .map_err(store)?
-                    .filter_map(|e| e.ok().map(|(k, v)| (k.value().1, v.value().0)))
-                    .collect();
-                for (offset, seq) in entries {
-                    chan.remove((channel.as_str(), offset)).map_err(store)?;
-                    forget(&mut log, &mut ids, seq)?;
-                }
+        self.blocking(move |h| loop {
+            let txn = h.db.begin_write().map_err(store)?;
+            let removed = Tables::open(&txn)?.remove_oldest(&channel, SWEEP_BATCH, |_| false)?;
+            txn.commit().map_err(store)?;
+            if removed < SWEEP_BATCH {
+                return Ok(());
             }
-            txn.commit().map_err(store)
         })
         .await
     }
 
     async fn sweep(&self) -> Result<usize, HistoryError> {
-        self.blocking(|db, retention| {
-            let now = now_ms();
-            let txn = db.begin_write().map_err(store)?;
-            let mut removed = 0;
-            {
-                let mut log = txn.open_table(LOG).map_err(store)?;
-                let mut ids = txn.open_table(IDS).map_err(store)?;
-                let mut chan = txn.open_table(CHAN).map_err(store)?;
-                let mut meta = txn.open_table(META).map_err(store)?;
-                let channels: Vec<(String, u64)> = meta
-                    .iter()
-                    .map_err(store)?
-                    .filter_map(|e| e.ok())
-                    .filter_map(|(k, v)| {
-                        let m = postcard::from_bytes::<Meta>(v.value()).ok()?;
-                        Some((k.value().to_owned(), m.touched_ms))
-                    })
-                    .collect();
-                for (name, touched_ms) in channels {
-                    let r = retention.for_channel(&name);
-                    let (ttl, meta_ttl) = (r.ttl.as_millis() as u64, r.meta_ttl.as_millis() as u64);
-                    let range = (name.as_str(), 0)..=(name.as_str(), u64::MAX);
-                    let mut expired = Vec::new();
-                    let mut remaining = false;
-                    for entry in chan.range(range).map_err(store)? {
-                        let (k, v) = entry.map_err(store)?;
-                        let (seq, time) = v.value();
-                        if now.saturating_sub(time) < ttl {
-                            remaining = true;
-                            break;
-                        }
-                        expired.push((k.value().1, seq));
-                    }
-                    for (offset, seq) in &expired {
-                        chan.remove((name.as_str(), *offset)).map_err(store)?;
-                        forget(&mut log, &mut ids, *seq)?;
-                    }
-                    removed += expired.len();
-                    if !remaining && now.saturating_sub(touched_ms) >= meta_ttl {
-                        meta.remove(name.as_str()).map_err(store)?;
-                    }
-                }
-            }
-            txn.commit().map_err(store)?;
-            Ok(removed)
-        })
-        .await
+        self.blocking(|h| h.sweep()).await
     }
 
     async fn close(&self) -> Result<(), HistoryError> {
         // Every append committed durably; a final empty transaction makes
         // sure the file is consistent before the process exits.
-        self.blocking(|db, _| db.begin_write().map_err(store)?.commit().map_err(store))
+        self.blocking(|h| h.db.begin_write().map_err(store)?.commit().map_err(store))
             .await
     }
+}
+
+/// A channel's position: its own, or offset 0 of the base epoch.
+fn position(txn: &ReadTransaction, channel: &str) -> Result<StreamPosition, HistoryError> {
+    let meta = txn.open_table(META).map_err(store)?;
+    if let Some(m) = read_meta(&meta, channel)? {
+        return Ok(StreamPosition {
+            offset: m.top,
+            epoch: m.epoch,
+        });
+    }
+    let base = txn
+        .open_table(STATE)
+        .map_err(store)?
+        .get(STATE_EPOCH_BASE)
+        .map_err(store)?
+        .map_or(0, |v| v.value());
+    Ok(StreamPosition {
+        offset: 0,
+        epoch: epoch_name(base),
+    })
 }

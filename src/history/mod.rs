@@ -19,6 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::hub::{Draft, Publication};
+use crate::protocol::mercure::matcher::TopicMatcher;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +64,8 @@ pub struct RetentionPolicy {
     pub namespaces: std::collections::HashMap<String, Retention>,
     /// Channels under this prefix (Mercure subscription events: one
     /// channel per subscriber, two publications each) are kept for
-    /// [`EPHEMERAL`] only, so connection churn cannot grow history.
+    /// [`EPHEMERAL`] only, and in memory even by the disk store, so that
+    /// connection churn can neither grow history nor cost durable writes.
     pub ephemeral_prefix: Option<String>,
 }
 
@@ -86,13 +88,16 @@ impl RetentionPolicy {
         }
     }
 
-    /// The retention of `channel`.
-    pub fn for_channel(&self, channel: &str) -> Retention {
-        if self
-            .ephemeral_prefix
+    /// True for the channels of [`RetentionPolicy::ephemeral_prefix`].
+    pub fn is_ephemeral(&self, channel: &str) -> bool {
+        self.ephemeral_prefix
             .as_deref()
             .is_some_and(|p| channel.starts_with(p))
-        {
+    }
+
+    /// The retention of `channel`.
+    pub fn for_channel(&self, channel: &str) -> Retention {
+        if self.is_ephemeral(channel) {
             return EPHEMERAL;
         }
         channel
@@ -122,14 +127,19 @@ pub trait History: Send + Sync + 'static {
     /// The hub-wide position of the earliest stored publication with `id`.
     async fn seq_of(&self, id: &str) -> Result<Option<u64>, HistoryError>;
 
-    /// Stored publications with `after < seq <= upto`, ascending, at most
-    /// `limit` of them.
-    async fn read_after(
+    /// Stored publications that `selection` selects, with
+    /// `after < seq <= upto`, ascending, at most `limit` of them (Mercure
+    /// replay). The cost follows what is selected, not what is stored.
+    /// `gap` is set when a publication the selection would have selected
+    /// after `after` is no longer stored (trimmed by size, expired,
+    /// removed): a replay from `after` would silently skip it.
+    async fn replay(
         &self,
+        selection: Arc<Selection>,
         after: u64,
         upto: u64,
         limit: usize,
-    ) -> Result<Vec<Arc<Publication>>, HistoryError>;
+    ) -> Result<ReplayPage, HistoryError>;
 
     /// The newest publication's sequence and id, if any is stored.
     async fn last(&self) -> Result<Option<(u64, String)>, HistoryError>;
@@ -143,9 +153,9 @@ pub trait History: Send + Sync + 'static {
         limit: usize,
     ) -> Result<(Vec<Arc<Publication>>, StreamPosition), HistoryError>;
 
-    /// A channel's current position, giving the channel an epoch if it has
-    /// none yet (so that a subscriber's first position stays valid when the
-    /// first publication arrives).
+    /// A channel's current position. A channel never published has one too
+    /// (offset 0, and the epoch its first publication will get), so that a
+    /// subscriber's first position stays valid; asking writes nothing.
     async fn position(&self, channel: &str) -> Result<StreamPosition, HistoryError>;
 
     /// Drops a channel's publications (its position is kept).
@@ -157,6 +167,63 @@ pub trait History: Send + Sync + 'static {
 
     /// Flushes and releases the store.
     async fn close(&self) -> Result<(), HistoryError>;
+}
+
+/// What a Mercure replay selects: topics named exactly (looked up), and
+/// patterns (tested against the names of the topics stored).
+#[derive(Debug, Default)]
+pub struct Selection {
+    exact: Vec<String>,
+    patterns: Vec<TopicMatcher>,
+}
+
+impl Selection {
+    /// The topics `matchers` select.
+    pub fn new(matchers: &[TopicMatcher]) -> Selection {
+        let mut selection = Selection::default();
+        for m in matchers {
+            match m.exact_topic() {
+                Some(topic) => selection.exact.push(topic.to_owned()),
+                None => selection.patterns.push(m.clone()),
+            }
+        }
+        selection
+    }
+
+    /// The topics named exactly.
+    pub fn exact(&self) -> impl Iterator<Item = &str> {
+        self.exact.iter().map(String::as_str)
+    }
+
+    /// True when some topics are selected by pattern (every stored topic's
+    /// name must then be tested).
+    pub fn has_patterns(&self) -> bool {
+        !self.patterns.is_empty()
+    }
+
+    /// True when a pattern selects `topic`.
+    pub fn selects_by_pattern(&self, topic: &str) -> bool {
+        self.patterns.iter().any(|m| m.matches(topic))
+    }
+
+    /// True when `topic` is selected.
+    pub fn selects(&self, topic: &str) -> bool {
+        self.exact.iter().any(|t| t == topic) || self.selects_by_pattern(topic)
+    }
+
+    /// True when one of the publication's topics is selected.
+    pub fn selects_publication(&self, p: &Publication) -> bool {
+        p.topics().any(|t| self.selects(t))
+    }
+}
+
+/// A page of a Mercure replay (see [`History::replay`]).
+#[derive(Debug, Default)]
+pub struct ReplayPage {
+    /// The selected publications, ascending by `seq`.
+    pub publications: Vec<Arc<Publication>>,
+    /// Something selected after the starting point is no longer stored.
+    pub gap: bool,
 }
 
 /// A new random epoch, short like Centrifugo's.

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -120,10 +121,12 @@ impl Subscriber {
         self.matchers.iter().all(|m| m.exact_topic().is_some())
     }
 
-    /// The key of its pattern group, when it has exactly one pattern.
+    /// The key of its pattern group, when it has exactly one pattern: the
+    /// pattern's meaning, not its spelling (a Mercure `*` and a Centrifugo
+    /// channel pattern `*` select different topics).
     fn pattern_key(&self) -> Option<String> {
         match &self.matchers[..] {
-            [m] if m.exact_topic().is_none() => Some(format!("{m:?}")),
+            [m] if m.exact_topic().is_none() => Some(m.identity()),
             _ => None,
         }
     }
@@ -133,8 +136,13 @@ impl Subscriber {
 /// whatever the number of its subscribers.
 struct PatternGroup {
     matcher: TopicMatcher,
-    subscribers: Vec<Arc<Subscriber>>,
+    subscribers: Subscribers,
 }
+
+/// Subscribers by id, in a dense array: fan-out walks it as fast as a
+/// `Vec`, and removing one is O(1) (a mass disconnect of a hot channel
+/// must not hold the index's write lock for O(n) per client).
+type Subscribers = IndexMap<u64, Arc<Subscriber>>;
 
 /// Told when a channel gets its first exact subscriber on this node (true)
 /// or loses its last (false): webhooks' `occupied` and `vacated`.
@@ -144,12 +152,12 @@ pub type OccupancyHandler = Box<dyn Fn(&str, bool) + Send + Sync>;
 struct Index {
     by_id: HashMap<u64, Arc<Subscriber>>,
     /// Subscribers whose matchers are all exact, by topic.
-    exact: HashMap<String, Vec<Arc<Subscriber>>>,
+    exact: HashMap<String, Subscribers>,
     /// Subscribers with one pattern, grouped by pattern.
     patterns: HashMap<String, PatternGroup>,
     /// Subscribers with several matchers, some patterns: evaluated per
     /// publication.
-    scanned: Vec<Arc<Subscriber>>,
+    scanned: Subscribers,
 }
 
 impl Index {
@@ -163,10 +171,10 @@ impl Index {
         self.patterns
             .values()
             .filter(move |g| g.matcher.matches_any(t.clone()))
-            .flat_map(|g| g.subscribers.iter())
+            .flat_map(|g| g.subscribers.values())
             .chain(
                 self.scanned
-                    .iter()
+                    .values()
                     .filter(move |s| s.matchers.iter().any(|m| m.matches_any(topics.clone()))),
             )
     }
@@ -207,12 +215,12 @@ impl Fanout {
             };
             if p.draft.alternates.is_empty() {
                 if let Some(list) = index.exact.get(p.channel()) {
-                    list.iter().for_each(&mut offer);
+                    list.values().for_each(&mut offer);
                 }
             } else {
                 let mut seen = HashSet::new();
                 for topic in p.topics() {
-                    for s in index.exact.get(topic).into_iter().flatten() {
+                    for s in index.exact.get(topic).into_iter().flat_map(|l| l.values()) {
                         if seen.insert(s.id) {
                             offer(s);
                         }
@@ -238,7 +246,11 @@ impl Fanout {
     /// them. A full queue here closes the connection like a publication would.
     fn deliver_event(&self, channel: &str, event: Delivery) {
         let index = self.index.read();
-        let exact = index.exact.get(channel).into_iter().flatten();
+        let exact = index
+            .exact
+            .get(channel)
+            .into_iter()
+            .flat_map(|l| l.values());
         for s in exact.chain(index.matching(std::iter::once(channel))) {
             if s.join_leave {
                 s.sink.offer(event.clone());
@@ -256,7 +268,7 @@ impl Fanout {
             for m in &s.matchers {
                 let topic = m.exact_topic().unwrap_or_default();
                 if let Some(list) = index.exact.get_mut(topic) {
-                    list.retain(|o| o.id != id);
+                    list.swap_remove(&id);
                     if list.is_empty() {
                         index.exact.remove(topic);
                         vacated.push(topic);
@@ -265,13 +277,13 @@ impl Fanout {
             }
         } else if let Some(key) = s.pattern_key() {
             if let Some(group) = index.patterns.get_mut(&key) {
-                group.subscribers.retain(|o| o.id != id);
+                group.subscribers.swap_remove(&id);
                 if group.subscribers.is_empty() {
                     index.patterns.remove(&key);
                 }
             }
         } else {
-            index.scanned.retain(|o| o.id != id);
+            index.scanned.swap_remove(&id);
         }
         drop(index);
         for topic in vacated {
@@ -355,9 +367,18 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Starts a hub on `history` (spawns the log and sweep tasks).
-    pub fn start(history: Arc<dyn History>, options: HubOptions) -> Arc<Hub> {
-        Hub::build(history, None, Presence::default(), options)
+    /// Starts a hub on `history` (spawns the log and sweep tasks). Live
+    /// delivery starts after the newest publication already stored, so that
+    /// a subscriber's replay covers everything stored before it (a disk
+    /// store keeps what it had before a restart).
+    pub async fn start(
+        history: Arc<dyn History>,
+        options: HubOptions,
+    ) -> Result<Arc<Hub>, HubError> {
+        let after = history.last().await?.map_or(0, |(seq, _)| seq);
+        let hub = Hub::build(history, None, Presence::default(), options);
+        hub.fanout.last_seq.store(after, Ordering::Release);
+        Ok(hub)
     }
 
     /// Starts a hub that shares `engine` with other nodes: publications are
@@ -487,7 +508,7 @@ impl Hub {
                 if list.is_empty() {
                     occupied.push(topic);
                 }
-                list.push(s.clone());
+                list.insert(id, s.clone());
             }
         } else if let Some(key) = s.pattern_key() {
             let matcher = s.matchers[0].clone();
@@ -496,12 +517,12 @@ impl Hub {
                 .entry(key)
                 .or_insert_with(|| PatternGroup {
                     matcher,
-                    subscribers: Vec::new(),
+                    subscribers: Subscribers::default(),
                 })
                 .subscribers
-                .push(s.clone());
+                .insert(id, s.clone());
         } else {
-            index.scanned.push(s.clone());
+            index.scanned.insert(id, s.clone());
         }
         index.by_id.insert(id, s.clone());
         let snapshot_seq = self.fanout.last_seq.load(Ordering::Acquire);

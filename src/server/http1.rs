@@ -33,7 +33,8 @@ use tokio::net::TcpStream;
 use tower::ServiceExt;
 
 use crate::protocol::http1::{self, FirstRequest, Framing};
-use crate::transport::live::{Chunks, LiveBody, OnUpgrade, Socket, Upgrade};
+use crate::transport::live::{Chunks, Live, LiveBody, OnUpgrade, Socket, Upgrade};
+use crate::transport::writer::{self, WriteError};
 
 /// What a first request needs from the connection it came on.
 pub(super) struct Conn {
@@ -41,7 +42,8 @@ pub(super) struct Conn {
     pub router: Router,
     /// The head must arrive within this (slowloris).
     pub header_timeout: Duration,
-    /// A write that makes no progress for this long ends the connection.
+    /// A write that makes no progress for this long ends the connection
+    /// (`limits.write_timeout`).
     pub stall_timeout: Duration,
 }
 
@@ -59,8 +61,10 @@ pub(super) async fn serve_first(mut stream: TcpStream, conn: Conn) -> Option<(Tc
             on_upgrade(Socket::Tcp(stream), read_ahead).await;
             None
         }
-        Answered::Streaming(chunks) => {
-            write_chunks(&mut stream, chunks, stall_timeout).await;
+        Answered::Streaming((chunks, transport)) => {
+            if write_chunks(&mut stream, chunks, stall_timeout).await == Err(WriteError::Stalled) {
+                crate::metrics::write_stalled(transport);
+            }
             None
         }
         Answered::Closed => None,
@@ -74,7 +78,7 @@ enum Answered {
     /// The head of a 101 is out: run the protocol on the socket.
     Upgraded(OnUpgrade, Bytes),
     /// The head is out: write these chunks.
-    Streaming(Chunks),
+    Streaming(Live),
     /// Nothing: the client went away.
     Closed,
 }
@@ -105,8 +109,8 @@ async fn answer(stream: &mut TcpStream, conn: Conn) -> Answered {
             };
         }
     }
-    let chunks: Chunks = match live {
-        Some(chunks) => chunks,
+    let live: Live = match live {
+        Some(live) => live,
         None => match body.size_hint().exact() {
             Some(len) => {
                 // A short answer (an error, usually); hyper serves the rest.
@@ -123,15 +127,18 @@ async fn answer(stream: &mut TcpStream, conn: Conn) -> Answered {
                 };
             }
             // Any other streaming body ends at its first error.
-            None => Box::pin(
-                body.into_data_stream()
-                    .take_while(|frame| std::future::ready(frame.is_ok()))
-                    .map(Result::unwrap_or_default),
+            None => (
+                Box::pin(
+                    body.into_data_stream()
+                        .take_while(|frame| std::future::ready(frame.is_ok()))
+                        .map(Result::unwrap_or_default),
+                ),
+                "stream",
             ),
         },
     };
     match write_head(stream, &head, Framing::Chunked).await {
-        Ok(()) => Answered::Streaming(chunks),
+        Ok(()) => Answered::Streaming(live),
         Err(_) => Answered::Closed,
     }
 }
@@ -178,10 +185,14 @@ enum Ready {
 }
 
 /// Writes a live body until it ends (then the terminating chunk) or the
-/// client goes away. Everything ready at once is one HTTP/1.1 chunk,
-/// written by one `writev` straight from the pieces (shared event bytes,
-/// never copied).
-async fn write_chunks(stream: &mut TcpStream, mut chunks: Chunks, stall_timeout: Duration) {
+/// client goes away or stops reading. Everything ready at once is one
+/// HTTP/1.1 chunk, written by one `writev` straight from the pieces
+/// (shared event bytes, never copied).
+async fn write_chunks(
+    stream: &mut TcpStream,
+    mut chunks: Chunks,
+    stall_timeout: Duration,
+) -> Result<(), WriteError> {
     loop {
         let ready = poll_fn(|cx| {
             // The client sends nothing on an event stream; reading tells
@@ -225,7 +236,7 @@ async fn write_chunks(stream: &mut TcpStream, mut chunks: Chunks, stall_timeout:
         })
         .await;
         let (first, more, ended) = match ready {
-            Ready::Gone => return,
+            Ready::Gone => return Err(WriteError::Gone),
             Ready::Ended => (None, Vec::new(), true),
             Ready::Pieces(first, more, ended) => (Some(first), more, ended),
         };
@@ -233,63 +244,25 @@ async fn write_chunks(stream: &mut TcpStream, mut chunks: Chunks, stall_timeout:
             let len = first.len() + more.iter().map(Bytes::len).sum::<usize>();
             let mut size = [0u8; 18];
             let size = http1::chunk_size_line(len, &mut size);
-            let written = if more.is_empty() {
+            if more.is_empty() {
                 let mut parts = [
                     IoSlice::new(size),
                     IoSlice::new(&first),
                     IoSlice::new(b"\r\n"),
                 ];
-                write_all_vectored(stream, &mut parts, stall_timeout).await
+                writer::write_all(stream, &mut parts, stall_timeout).await?;
             } else {
                 let mut parts = Vec::with_capacity(more.len() + 3);
                 parts.push(IoSlice::new(size));
                 parts.push(IoSlice::new(&first));
                 parts.extend(more.iter().map(|p| IoSlice::new(p)));
                 parts.push(IoSlice::new(b"\r\n"));
-                write_all_vectored(stream, &mut parts, stall_timeout).await
-            };
-            if !written {
-                return;
+                writer::write_all(stream, &mut parts, stall_timeout).await?;
             }
         }
         if ended {
-            write_all_vectored(
-                stream,
-                &mut [IoSlice::new(http1::LAST_CHUNK)],
-                stall_timeout,
-            )
-            .await;
-            return;
-        }
-    }
-}
-
-/// Writes all of `parts`: straight away when the socket takes them (the
-/// usual case: no timer, one system call), else waiting for it to drain,
-/// for at most `stall_timeout` without progress. False when the client is
-/// gone or stalled.
-async fn write_all_vectored(
-    stream: &mut TcpStream,
-    mut parts: &mut [IoSlice<'_>],
-    stall_timeout: Duration,
-) -> bool {
-    loop {
-        match stream.try_write_vectored(parts) {
-            Ok(0) => return false,
-            Ok(n) => {
-                IoSlice::advance_slices(&mut parts, n);
-                if parts.is_empty() {
-                    return true;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Boxed: the timer is needed only when the client lags.
-                match Box::pin(tokio::time::timeout(stall_timeout, stream.writable())).await {
-                    Ok(Ok(())) => {}
-                    _ => return false,
-                }
-            }
-            Err(_) => return false,
+            let mut last = [IoSlice::new(http1::LAST_CHUNK)];
+            return writer::write_all(stream, &mut last, stall_timeout).await;
         }
     }
 }

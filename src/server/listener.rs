@@ -39,6 +39,7 @@ use tower::ServiceExt;
 use super::http1;
 use crate::limits::{self, LimitSettings, Refusal, Ticket};
 use crate::transport::live::{LiveBody, Socket, Upgrade};
+use crate::transport::writer::Deadline;
 
 /// Serves `router` on `tcp` until `stop` fires, then asks every connection
 /// to finish (HTTP/1.1 after its current response, HTTP/2 with GOAWAY).
@@ -76,6 +77,7 @@ pub async fn serve(
             stop: stop.clone(),
             header_timeout: limits.header_timeout,
             idle_timeout: limits.idle_timeout,
+            write_timeout: limits.write_timeout,
             upgrades: connections.clone(),
         };
         // Two task types, not one future with both branches: a plain
@@ -112,6 +114,7 @@ struct Connection {
     stop: CancellationToken,
     header_timeout: Duration,
     idle_timeout: Duration,
+    write_timeout: Duration,
     /// Where upgraded connections run (so that shutdown waits for them).
     upgrades: TaskTracker,
 }
@@ -145,7 +148,7 @@ impl Connection {
             peer: self.peer,
             router: self.router.clone(),
             header_timeout: self.header_timeout,
-            stall_timeout: self.idle_timeout,
+            stall_timeout: self.write_timeout,
         };
         if let Some((stream, read)) = http1::serve_first(stream, first).await {
             // Boxed: hyper's connection state is large, and this task must
@@ -186,6 +189,7 @@ impl Connection {
             inner: stream,
             read_ahead: read,
             activity: activity.clone(),
+            deadline: Deadline::new(self.write_timeout),
             _admitted: admitted,
         };
         let (router, peer, upgrades) = (self.router, self.peer, self.upgrades);
@@ -287,11 +291,14 @@ fn now_ms() -> u64 {
 /// A connection's byte stream, noting when bytes last moved either way and
 /// holding the connection's admission for as long as the bytes flow
 /// (after a WebSocket upgrade too: the upgraded stream is this one).
-/// Bytes read before hyper took over come first.
+/// Bytes read before hyper took over come first. Writes have the write
+/// deadline every transport has (`limits.write_timeout`): past it, hyper
+/// sees an error and the connection ends.
 struct Tracked<IO> {
     inner: IO,
     read_ahead: Bytes,
     activity: Arc<Activity>,
+    deadline: Deadline,
     _admitted: Option<Admitted>,
 }
 
@@ -304,6 +311,19 @@ struct Activity {
 impl<IO> Tracked<IO> {
     fn touch(&self) {
         self.activity.last_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Applies the write deadline to a write attempt.
+    fn written<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        attempt: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let outcome = self.deadline.check(cx, attempt);
+        if matches!(&outcome, Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut) {
+            crate::metrics::write_stalled("http");
+        }
+        outcome
     }
 }
 
@@ -334,7 +354,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let attempt = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let poll = self.written(cx, attempt);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
         }
@@ -346,7 +367,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let attempt = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let poll = self.written(cx, attempt);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
         }
@@ -358,7 +380,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let attempt = Pin::new(&mut self.inner).poll_flush(cx);
+        self.written(cx, attempt)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -64,6 +64,7 @@ pub fn open_history(settings: &Settings) -> Result<Arc<dyn History>, ServerError
         Store::Disk => Arc::new(DiskHistory::open(
             &settings.data_dir,
             settings.retention.clone(),
+            settings.history_cache,
         )?),
         _ => Arc::new(MemoryHistory::new(settings.retention.clone())),
     })
@@ -87,10 +88,10 @@ pub async fn start_hub(
                 ),
                 _ => Arc::new(MemoryQueue::default()),
             };
-            return Ok((
-                Hub::start(open_history(settings)?, settings.hub.clone()),
-                queue,
-            ));
+            let hub = Hub::start(open_history(settings)?, settings.hub.clone())
+                .await
+                .map_err(|e| ServerError::Setup(format!("cannot read history: {e}")))?;
+            return Ok((hub, queue));
         }
     }
     .map_err(|e| ServerError::Setup(format!("cannot reach the shared engine: {e}")))?;

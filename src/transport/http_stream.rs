@@ -18,21 +18,20 @@
 //! task back, which leaves deliveries in the hub queue, which disconnects
 //! it as a slow consumer: the same rule as every other transport.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::live::LiveBody;
 use super::{origin_allowed, CentrifugoState, ConnectQuery};
 use crate::centrifugo::connection::{self, Inbound, Start, Wire};
 use crate::centrifugo::{EmulationInbox, Transport};
@@ -172,6 +171,8 @@ async fn open_stream(
         }),
         tx,
         inbox,
+        transport,
+        stall: node.limits.write_timeout,
     };
     tokio::spawn(connection::run(wire, node.clone(), start));
     let content_type = match (event_stream, encoding) {
@@ -179,8 +180,7 @@ async fn open_stream(
         (false, Encoding::Json) => "application/json",
         (false, Encoding::Protobuf) => "application/octet-stream",
     };
-    let body = Body::from_stream(receiver_stream(rx).map(Ok::<Bytes, Infallible>));
-    let mut response = Response::new(body);
+    let mut response = LiveBody::response(transport.name(), receiver_stream(rx));
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(
@@ -203,6 +203,9 @@ struct StreamWire {
     /// Resolves when the response body is dropped (the client went away).
     closed: Pin<Box<dyn Future<Output = ()> + Send>>,
     inbox: Option<EmulationInbox>,
+    transport: Transport,
+    /// `limits.write_timeout`: the body must take a batch within this.
+    stall: Duration,
 }
 
 impl Wire for StreamWire {
@@ -224,7 +227,15 @@ impl Wire for StreamWire {
         let Payload::Plain(batch) = batch else {
             return false;
         };
-        self.tx.send(Bytes::copy_from_slice(batch)).await.is_ok()
+        // The server writes the body with the write deadline itself; over
+        // HTTP/2 a stalled stream stops taking batches, which counts too.
+        match tokio::time::timeout(self.stall, self.tx.send(Bytes::copy_from_slice(batch))).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                crate::metrics::write_stalled(self.transport.name());
+                false
+            }
+        }
     }
 
     async fn close(self, _code: u16, _reason: &str) {

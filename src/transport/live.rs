@@ -28,23 +28,32 @@ use tokio::net::TcpStream;
 /// response should.
 pub type Chunks = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
 
+/// A live body and the name of its transport (for metrics).
+pub type Live = (Chunks, &'static str);
+
 /// A response extension holding a live body until the server takes it.
 /// (Extensions must be `Clone`; the body is taken once.)
 #[derive(Clone)]
-pub struct LiveBody(Arc<Mutex<Option<Chunks>>>);
+pub struct LiveBody(Arc<Mutex<Option<Live>>>);
 
 impl LiveBody {
-    /// A response whose body is `chunks` (the caller adds status and
-    /// headers).
-    pub fn response(chunks: impl Stream<Item = Bytes> + Send + 'static) -> Response<Body> {
+    /// A response whose body is `chunks` of a `transport` (the caller adds
+    /// status and headers).
+    pub fn response(
+        transport: &'static str,
+        chunks: impl Stream<Item = Bytes> + Send + 'static,
+    ) -> Response<Body> {
         let mut res = Response::new(Body::empty());
         res.extensions_mut()
-            .insert(LiveBody(Arc::new(Mutex::new(Some(Box::pin(chunks))))));
+            .insert(LiveBody(Arc::new(Mutex::new(Some((
+                Box::pin(chunks),
+                transport,
+            ))))));
         res
     }
 
     /// Takes the live body out of a response, if it has one.
-    pub fn take(res: &mut Response<Body>) -> Option<Chunks> {
+    pub fn take(res: &mut Response<Body>) -> Option<Live> {
         res.extensions_mut()
             .remove::<LiveBody>()
             .and_then(|live| live.0.lock().take())
@@ -52,7 +61,7 @@ impl LiveBody {
 
     /// Turns a live body into an ordinary streaming body (for hyper).
     pub fn into_hyper(mut res: Response<Body>) -> Response<Body> {
-        if let Some(chunks) = LiveBody::take(&mut res) {
+        if let Some((chunks, _)) = LiveBody::take(&mut res) {
             // The router sized the empty placeholder body.
             res.headers_mut().remove(axum::http::header::CONTENT_LENGTH);
             *res.body_mut() = Body::from_stream(chunks.map(Ok::<_, std::convert::Infallible>));

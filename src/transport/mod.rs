@@ -14,6 +14,7 @@ pub mod inflating;
 pub mod live;
 pub mod sse;
 pub mod websocket;
+pub mod writer;
 
 use std::sync::Arc;
 

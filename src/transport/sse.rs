@@ -22,7 +22,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,13 +29,14 @@ use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use tokio::time::{Instant, Sleep};
 
-use crate::hub::{Delivery, Publication, Subscription};
+use crate::hub::{Delivery, Subscription};
+use crate::mercure::replay::Replay;
 use crate::protocol::mercure::sse;
 
 /// The body of one SSE response.
 pub struct EventStream {
     prelude: Option<Bytes>,
-    replay: std::vec::IntoIter<Arc<Publication>>,
+    replay: Option<Replay>,
     subscription: Subscription,
     timer: Pin<Box<Sleep>>,
     timer_at: Instant,
@@ -62,11 +62,12 @@ pub struct StreamOptions {
 }
 
 impl EventStream {
-    /// Streams `replay`, then what `subscription` receives. `guard` is
+    /// Streams `replay` (what the subscriber missed), then what
+    /// `subscription` receives. `guard` is
     /// dropped with the stream (to run cleanup when the client goes).
     pub fn new(
         subscription: Subscription,
-        replay: Vec<Arc<Publication>>,
+        replay: Option<Replay>,
         options: StreamOptions,
         guard: Option<Box<dyn Send + Sync>>,
     ) -> Self {
@@ -78,7 +79,7 @@ impl EventStream {
         let first_heartbeat = now + options.heartbeat;
         EventStream {
             prelude: Some(prelude.freeze()),
-            replay: replay.into_iter(),
+            replay,
             subscription,
             timer: Box::pin(tokio::time::sleep_until(first_heartbeat)),
             timer_at: first_heartbeat,
@@ -127,8 +128,16 @@ impl Stream for EventStream {
         if let Some(p) = this.prelude.take() {
             return Poll::Ready(Some(p));
         }
-        if let Some(p) = this.replay.next() {
-            return Poll::Ready(Some(p.sse().clone()));
+        if let Some(replay) = &mut this.replay {
+            match replay.poll_next(cx) {
+                Poll::Ready(Ok(Some(p))) => return Poll::Ready(Some(p.sse().clone())),
+                Poll::Ready(Ok(None)) => this.replay = None,
+                Poll::Ready(Err(e)) => {
+                    tracing::warn!(error = %e, "replay ended early");
+                    return this.finish("the replay could not be completed, reconnect");
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
         if let Some(event) = this.next_in_batch() {
             return Poll::Ready(Some(event));

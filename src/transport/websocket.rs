@@ -27,6 +27,7 @@ use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
@@ -35,7 +36,6 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -44,6 +44,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::inflating::InflatingSocket;
 use super::live::{Socket, Upgrade};
+use super::writer::{self, WriteError};
 use super::{origin_allowed, CentrifugoState, ConnectQuery};
 use crate::centrifugo::connection::{self, Inbound, Start, Wire};
 use crate::centrifugo::Transport;
@@ -303,7 +304,8 @@ fn upgrade(
                 headers: forwarded,
                 compression,
             };
-            connection::run(WsWire::new(socket, encoding), node, start).await
+            let stall = node.limits.write_timeout;
+            connection::run(WsWire::new(socket, encoding, transport, stall), node, start).await
         },
     )
 }
@@ -312,6 +314,10 @@ fn upgrade(
 struct WsWire {
     socket: WebSocketStream<InflatingSocket>,
     encoding: Encoding,
+    transport: Transport,
+    /// `limits.write_timeout`: a write making no progress this long ends
+    /// the connection.
+    stall: Duration,
     /// tungstenite said it has no frame; until the socket turns readable
     /// there is no need to ask it again (the loop polls on every delivery).
     drained: bool,
@@ -320,10 +326,17 @@ struct WsWire {
 }
 
 impl WsWire {
-    fn new(socket: WebSocketStream<InflatingSocket>, encoding: Encoding) -> WsWire {
+    fn new(
+        socket: WebSocketStream<InflatingSocket>,
+        encoding: Encoding,
+        transport: Transport,
+        stall: Duration,
+    ) -> WsWire {
         WsWire {
             socket,
             encoding,
+            transport,
+            stall,
             drained: false,
             pong_pending: false,
         }
@@ -364,12 +377,34 @@ impl Wire for WsWire {
     /// Whatever tungstenite still has to send (a pong) goes out before it,
     /// so frames never interleave.
     async fn send(&mut self, batch: Payload<'_>) -> bool {
+        let written = self.write(batch).await;
+        if written == Err(WriteError::Stalled) {
+            crate::metrics::write_stalled(self.transport.name());
+        }
+        written.is_ok()
+    }
+
+    async fn close(mut self, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.to_owned().into(),
+        };
+        let _ =
+            tokio::time::timeout(self.stall, self.socket.send(Message::Close(Some(frame)))).await;
+    }
+}
+
+impl WsWire {
+    /// Writes one batch as one data frame (see [`Wire::send`]).
+    async fn write(&mut self, batch: Payload<'_>) -> Result<(), WriteError> {
         if self.pong_pending {
-            if poll_fn(|cx| self.socket.poll_flush_unpin(cx))
-                .await
-                .is_err()
-            {
-                return false;
+            let flushed =
+                tokio::time::timeout(self.stall, poll_fn(|cx| self.socket.poll_flush_unpin(cx)))
+                    .await;
+            match flushed {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(WriteError::Gone),
+                Err(_) => return Err(WriteError::Stalled),
             }
             self.pong_pending = false;
         }
@@ -378,11 +413,12 @@ impl Wire for WsWire {
             Encoding::Protobuf => Opcode::Binary,
         };
         let mut header = [0u8; websocket::MAX_HEADER];
-        let socket = self.socket.get_mut();
+        let (stall, socket) = (self.stall, self.socket.get_mut());
         match batch {
             Payload::Plain(batch) => {
                 let header = websocket::frame_header(opcode, false, batch.len(), &mut header);
-                write_all(socket, &mut [IoSlice::new(header), IoSlice::new(batch)]).await
+                let mut parts = [IoSlice::new(header), IoSlice::new(batch)];
+                writer::write_all(socket, &mut parts, stall).await?;
             }
             Payload::Compressed(pieces) => {
                 let len = pieces.iter().map(Bytes::len).sum();
@@ -390,29 +426,12 @@ impl Wire for WsWire {
                 let mut parts = Vec::with_capacity(pieces.len() + 1);
                 parts.push(IoSlice::new(header));
                 parts.extend(pieces.iter().map(|p| IoSlice::new(p)));
-                write_all(socket, &mut parts).await
+                writer::write_all(socket, &mut parts, stall).await?;
             }
         }
+        // A TLS or HTTP/2 stream buffers: what it holds must go too.
+        writer::flush(socket, stall).await
     }
-
-    async fn close(mut self, code: u16, reason: &str) {
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.to_owned().into(),
-        };
-        let _ = self.socket.send(Message::Close(Some(frame))).await;
-    }
-}
-
-/// Writes all of `parts`; false when the client is gone.
-async fn write_all(socket: &mut InflatingSocket, mut parts: &mut [IoSlice<'_>]) -> bool {
-    while !parts.is_empty() {
-        match socket.write_vectored(parts).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => IoSlice::advance_slices(&mut parts, n),
-        }
-    }
-    true
 }
 
 /// Maps a read error to a WebSocket close code.

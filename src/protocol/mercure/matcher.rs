@@ -154,6 +154,21 @@ impl TopicMatcher {
         &self.raw
     }
 
+    /// What the matcher means, as a key: two matchers with the same identity
+    /// select the same topics. The spelling alone is not enough: `*` is
+    /// every topic to Mercure and channels without a namespace to a
+    /// Centrifugo channel pattern.
+    pub fn identity(&self) -> String {
+        let form = match self.compiled {
+            Compiled::Wildcard => "wildcard",
+            Compiled::Exact => "exact",
+            Compiled::UrlPattern { .. } => "urlpattern",
+            Compiled::Template(_) => "template",
+            Compiled::Channel { .. } => "channel",
+        };
+        format!("{form}:{}", self.raw)
+    }
+
     /// The topic this matcher selects when it is a plain byte comparison:
     /// such matchers are found through the hub's exact-topic index instead
     /// of being evaluated against every update.
