@@ -109,6 +109,7 @@ pub const KEYS: &[(&str, Kind)] = &[
     ("mercure.max_topics", Kind::Int),
     ("mercure.max_field_len", Kind::Int),
     ("mercure.max_matchers", Kind::Int),
+    ("mercure.max_anonymous_patterns", Kind::Int),
     ("mercure.max_matcher_len", Kind::Int),
     ("centrifugo.token_key", Kind::Str),
     ("centrifugo.token_key_file", Kind::Str),
@@ -532,6 +533,8 @@ pub struct MercureConfig {
     pub max_field_len: usize,
     /// Most matchers per subscribe.
     pub max_matchers: usize,
+    /// Most pattern matchers per subscribe without a token.
+    pub max_anonymous_patterns: usize,
     /// Longest matcher, in bytes.
     pub max_matcher_len: usize,
 }
@@ -560,6 +563,7 @@ impl Default for MercureConfig {
             max_topics: 100,
             max_field_len: 2048,
             max_matchers: 100,
+            max_anonymous_patterns: 10,
             max_matcher_len: 2048,
         }
     }
@@ -921,6 +925,8 @@ pub struct MercureSettings {
     pub max_body: usize,
     /// Request limits.
     pub limits: crate::protocol::mercure::request::Limits,
+    /// Pattern matchers a subscribe without a token may use.
+    pub max_anonymous_patterns: usize,
 }
 
 impl MercureSettings {
@@ -1199,7 +1205,9 @@ impl Config {
                     max_field_len: positive("mercure.max_field_len", m.max_field_len)?,
                     max_matchers: positive("mercure.max_matchers", m.max_matchers)?,
                     max_matcher_len: positive("mercure.max_matcher_len", m.max_matcher_len)?,
+                    max_patterns: positive("mercure.max_matchers", m.max_matchers)?,
                 },
+                max_anonymous_patterns: m.max_anonymous_patterns,
             },
         })
     }

@@ -293,3 +293,45 @@ async fn a_client_that_stops_reading_is_closed_on_every_transport() {
     assert_eq!(m[0]["push"]["pub"]["data"]["n"], json!(N));
     let _ = conn_token;
 }
+
+/// A channel whose history began again (a new epoch) while a client was
+/// subscribed: the new publications restart at offset 1, and must not be
+/// taken for ones the client already has.
+#[tokio::test]
+async fn a_new_epoch_under_a_live_subscription_is_not_swallowed() {
+    let hub = ws::start(&[
+        ("history.ttl", "1s"),
+        ("history.meta_ttl", "1s"),
+        ("history.sweep_interval", "200ms"),
+    ]);
+    let mut client = ws::connected(&hub, "u").await;
+    ws::send(
+        &mut client,
+        r#"{"id":2,"subscribe":{"channel":"e","recover":true}}"#,
+    )
+    .await;
+    let reply = ws::recv(&mut client).await;
+    let epoch = reply[0]["subscribe"]["epoch"].as_str().unwrap().to_owned();
+    for i in 1..=3 {
+        let (status, _) = ws::api(&hub, "publish", json!({"channel": "e", "data": i})).await;
+        assert_eq!(status, 200);
+        let m = ws::recv(&mut client).await;
+        assert_eq!(m[0]["push"]["pub"]["offset"], json!(i));
+    }
+    // The sweep expires the three, then forgets the channel.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, reply) = ws::api(&hub, "publish", json!({"channel": "e", "data": "again"})).await;
+    assert_ne!(reply["result"]["epoch"], json!(epoch), "{reply}");
+    let m = ws::recv(&mut client).await;
+    assert_eq!(m[0]["push"]["unsubscribe"]["code"], json!(2500), "{m:?}");
+    // Resubscribing with the old position is told it is not recovered.
+    let resubscribe = json!({"id": 3, "subscribe": {"channel": "e", "recover": true, "offset": 3, "epoch": epoch}});
+    ws::send(&mut client, &resubscribe.to_string()).await;
+    let reply = ws::recv(&mut client).await;
+    assert_eq!(
+        reply[0]["subscribe"]["was_recovering"],
+        json!(true),
+        "{reply:?}"
+    );
+    assert_ne!(reply[0]["subscribe"]["recovered"], json!(true), "{reply:?}");
+}

@@ -787,3 +787,30 @@ async fn streams_without_an_event_stream_accept_work_too() {
     publish(&hub, "curl", "hello").await;
     assert_eq!(s.next().await.data, "hello");
 }
+
+#[tokio::test]
+async fn strangers_get_few_patterns_and_token_holders_many() {
+    let hub = Hub::start(&[]);
+    let patterns: Vec<String> = (0..11)
+        .map(|i| {
+            format!(
+                "match_urlpattern={}",
+                enc(&format!("https://e.com/{i}/:a/:b"))
+            )
+        })
+        .collect();
+    let query = patterns.join("&");
+    let refused = open(&hub, &query, &[]).await;
+    assert_eq!(refused.status, 400);
+    let ten = patterns[..10].join("&");
+    assert_eq!(open(&hub, &ten, &[]).await.status, 200);
+    // Exact matchers do not count.
+    let exact = format!("{ten}&match=plain");
+    assert_eq!(open(&hub, &exact, &[]).await.status, 200);
+    let token = token(&hub, &["subscribe"], &["*"]);
+    let auth = format!("Bearer {token}");
+    let mut s = open(&hub, &query, &[("authorization", &auth)]).await;
+    assert_eq!(s.status, 200);
+    publish(&hub, "https://e.com/10/x/y", "through the eleventh").await;
+    assert_eq!(s.next().await.data, "through the eleventh");
+}

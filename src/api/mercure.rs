@@ -327,7 +327,15 @@ async fn subscribe_inner(
         form::parse(&bytes).map_err(bad)?
     };
     let s = &state.settings;
-    let req = request::parse_subscribe(query, body_pairs, &s.hub_url, s.compat, &s.limits)?;
+    // Patterns cost a stranger's request most (compiling them): without a
+    // token, fewer are allowed.
+    let tokenless = find_token(&parts.headers, state, None)?.is_none()
+        && !(s.compat && query.iter().any(|(k, _)| k == "authorization"));
+    let mut limits = s.limits.clone();
+    if tokenless {
+        limits.max_patterns = limits.max_patterns.min(s.max_anonymous_patterns);
+    }
+    let req = request::parse_subscribe(query, body_pairs, &s.hub_url, s.compat, &limits)?;
 
     let grants = match find_token(&parts.headers, state, req.legacy_token.clone())? {
         Some((token, _)) => Some(Arc::new(state.verifier.verify(&token, Role::Subscriber)?)),

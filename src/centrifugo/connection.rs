@@ -260,7 +260,7 @@ async fn deliver(
             Delivery::Control(control) => {
                 result = Box::pin(session.control(control, out).instrument(span.clone())).await
             }
-            d => session.push(d, out),
+            d => result = session.push(d, out),
         }
     }
     result

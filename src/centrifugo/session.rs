@@ -282,7 +282,7 @@ impl Session {
         };
         out.message_with_id(&push, self.resume_id().as_deref());
         for p in std::mem::take(&mut self.replay) {
-            self.push(Delivery::Publication(p), out);
+            self.push(Delivery::Publication(p), out)?;
         }
         Ok(())
     }
@@ -1162,16 +1162,30 @@ impl Session {
         }
     }
 
-    /// Appends the push for a hub delivery.
-    pub fn push(&mut self, delivery: Delivery, out: &mut Outbox) {
+    /// Appends the push for a hub delivery. A publication from a new epoch
+    /// of a subscribed channel ends the subscription (or, on a
+    /// unidirectional transport, the connection) as insufficient state.
+    pub fn push(&mut self, delivery: Delivery, out: &mut Outbox) -> Result<(), Disconnect> {
         match delivery {
             Delivery::Publication(p) => {
                 let Some(sub) = self.subs.get_mut(p.channel()) else {
                     self.push_matched(&p, out);
-                    return;
+                    return Ok(());
                 };
+                if *p.epoch != *sub.epoch {
+                    // The channel's history began again while subscribed:
+                    // offsets restarted, so neither the de-duplication below
+                    // nor the client's position can compare them. The client
+                    // resubscribes, and recovery tells it what is lost.
+                    if self.transport.unidirectional() {
+                        return Err(close(disconnect::INSUFFICIENT_STATE));
+                    }
+                    let channel = p.channel().to_owned();
+                    self.server_unsubscribe(channel, proto::unsubscribe::INSUFFICIENT, out);
+                    return Ok(());
+                }
                 if p.offset <= sub.skip_upto {
-                    return;
+                    return Ok(());
                 }
                 sub.skip_upto = p.offset;
                 let encoded = p.centrifuge_push(self.encoding);
@@ -1191,6 +1205,7 @@ impl Session {
             // Async: the connection loop hands them to `Session::control`.
             Delivery::Control(_) => {}
         }
+        Ok(())
     }
 
     /// A publication that reached this connection through a pattern: pushed

@@ -28,8 +28,11 @@ use crate::hub::{Draft, Publication};
 
 /// seq → encoded publication.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-/// Mercure event id → seq of its earliest publication.
-const IDS: TableDefinition<&str, u64> = TableDefinition::new("ids");
+/// (Mercure event id, seq): every stored publication of each id (a
+/// publisher may repeat one; a cursor names the earliest still stored).
+const IDS: TableDefinition<(&str, u64), ()> = TableDefinition::new("id_seqs");
+/// What versions before 3 kept: id → seq of its first publication.
+const IDS_V2: TableDefinition<&str, u64> = TableDefinition::new("ids");
 /// (channel, offset) → (seq, time_ms).
 const CHAN: TableDefinition<(&str, u64), (u64, u64)> = TableDefinition::new("chan");
 /// channel → encoded [`Meta`].
@@ -49,7 +52,7 @@ const STATE_EPOCH_BASE: &str = "epoch_base";
 const STATE_FORGOTTEN: &str = "forgotten";
 /// The format of [`META`] values.
 const STATE_META_VERSION: &str = "meta_version";
-const META_VERSION: u64 = 2;
+const META_VERSION: u64 = 3;
 
 /// Most publications removed by one sweeping transaction.
 const SWEEP_BATCH: usize = 2_000;
@@ -132,8 +135,11 @@ impl DiskHistory {
                 .map_err(store)?
                 .map_or(1, |v| v.value());
             drop(state);
-            if version < META_VERSION {
+            if version < 2 {
                 upgrade_meta(&txn, last_seq)?;
+            }
+            if version < 3 {
+                upgrade_ids(&txn)?;
             }
             txn.open_table(STATE)
                 .map_err(store)?
@@ -221,7 +227,10 @@ impl DiskHistory {
             .map_err(store)?
             .map_or(0, |v| v.value());
         let mut seqs = std::collections::BTreeSet::new();
-        let mut gap = false;
+        // A topic forgotten entirely (idle past its `meta_ttl`) took what
+        // it lost with it: any cursor before its last publication may have
+        // lost something.
+        let mut gap = forgotten > after;
         // Collects a channel's selected seqs; true when it lost some.
         let mut channel = |name: &str, m: Meta| -> Result<bool, HistoryError> {
             let found = first_offset_after(&chan, name, m.top, after)?;
@@ -238,10 +247,8 @@ impl DiskHistory {
             Ok(m.trimmed > after)
         };
         for topic in selection.exact() {
-            match read_meta(&meta, topic)? {
-                Some(m) => gap |= channel(topic, m)?,
-                None if alt_topics.get(topic).map_err(store)?.is_none() => gap |= forgotten > after,
-                None => {}
+            if let Some(m) = read_meta(&meta, topic)? {
+                gap |= channel(topic, m)?;
             }
         }
         if selection.has_patterns() {
@@ -389,7 +396,7 @@ impl DiskHistory {
 /// The tables a write transaction changes.
 struct Tables<'txn> {
     log: redb::Table<'txn, u64, &'static [u8]>,
-    ids: redb::Table<'txn, &'static str, u64>,
+    ids: redb::Table<'txn, (&'static str, u64), ()>,
     chan: redb::Table<'txn, (&'static str, u64), (u64, u64)>,
     meta: redb::Table<'txn, &'static str, &'static [u8]>,
     alt: redb::Table<'txn, (&'static str, u64), ()>,
@@ -445,9 +452,7 @@ impl<'txn> Tables<'txn> {
         self.log
             .insert(seq, p.to_bytes().as_slice())
             .map_err(store)?;
-        if self.ids.get(p.id()).map_err(store)?.is_none() {
-            self.ids.insert(p.id(), seq).map_err(store)?;
-        }
+        self.ids.insert((p.id(), seq), ()).map_err(store)?;
         self.chan
             .insert((p.channel(), p.offset), (seq, now))
             .map_err(store)?;
@@ -486,8 +491,8 @@ impl<'txn> Tables<'txn> {
         Ok(Arc::new(p))
     }
 
-    /// Removes one publication from the log, the id index (if it owns its
-    /// id) and its alternate topics.
+    /// Removes one publication from the log, the id index and its
+    /// alternate topics.
     fn forget(&mut self, seq: u64) -> Result<(), HistoryError> {
         let removed = self
             .log
@@ -497,10 +502,7 @@ impl<'txn> Tables<'txn> {
         let Some(p) = removed else {
             return Ok(());
         };
-        let owns = self.ids.get(p.id()).map_err(store)?.map(|v| v.value()) == Some(seq);
-        if owns {
-            self.ids.remove(p.id()).map_err(store)?;
-        }
+        self.ids.remove((p.id(), seq)).map_err(store)?;
         for alternate in &p.draft.alternates {
             self.alt.remove((alternate.as_str(), seq)).map_err(store)?;
             let trimmed = self
@@ -653,6 +655,28 @@ fn upgrade_meta(txn: &WriteTransaction, last_seq: u64) -> Result<(), HistoryErro
     Ok(())
 }
 
+/// Moves the id index of versions before 3 (first publication only) to
+/// the one that keeps every publication of an id.
+fn upgrade_ids(txn: &WriteTransaction) -> Result<(), HistoryError> {
+    let old: Vec<(String, u64)> = {
+        let ids = txn.open_table(IDS_V2).map_err(store)?;
+        let entries = ids
+            .iter()
+            .map_err(store)?
+            .map(|e| e.map(|(k, v)| (k.value().to_owned(), v.value())))
+            .collect::<Result<_, _>>()
+            .map_err(store)?;
+        entries
+    };
+    let mut ids = txn.open_table(IDS).map_err(store)?;
+    for (id, seq) in old {
+        ids.insert((id.as_str(), seq), ()).map_err(store)?;
+    }
+    drop(ids);
+    txn.delete_table(IDS_V2).map_err(store)?;
+    Ok(())
+}
+
 /// The lowest offset of `channel` whose `seq` is above `after` (offsets
 /// `lo..=top` are stored and their seqs ascend: a binary search).
 fn first_offset_after<T>(
@@ -711,7 +735,14 @@ impl History for DiskHistory {
         self.blocking(move |h| {
             let txn = h.read()?;
             let ids = txn.open_table(IDS).map_err(store)?;
-            Ok(ids.get(id.as_str()).map_err(store)?.map(|v| v.value()))
+            let mut range = ids
+                .range((id.as_str(), 0)..=(id.as_str(), u64::MAX))
+                .map_err(store)?;
+            Ok(range
+                .next()
+                .transpose()
+                .map_err(store)?
+                .map(|(k, _)| k.value().1))
         })
         .await
     }

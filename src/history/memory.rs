@@ -38,7 +38,9 @@ struct Alternate {
 /// Channels in memory, positioned by the caller.
 pub(crate) struct Rings {
     log: BTreeMap<u64, Arc<Publication>>,
-    ids: HashMap<String, u64>,
+    /// Every stored publication of each event id (publishers may repeat
+    /// one; a cursor names the earliest still stored).
+    ids: HashMap<String, BTreeSet<u64>>,
     channels: BTreeMap<String, Channel>,
     alternates: BTreeMap<String, Alternate>,
     /// The epoch a channel gets when its first publication arrives, and the
@@ -106,15 +108,18 @@ impl Rings {
                 .insert(seq);
         }
         self.log.insert(seq, p.clone());
-        self.ids.entry(p.id().to_owned()).or_insert(seq);
+        self.ids.entry(p.id().to_owned()).or_default().insert(seq);
         p
     }
 
     /// Drops a publication removed from its channel's ring.
     fn forget(&mut self, p: &Publication) {
         self.log.remove(&p.seq);
-        if self.ids.get(p.id()) == Some(&p.seq) {
-            self.ids.remove(p.id());
+        if let Some(seqs) = self.ids.get_mut(p.id()) {
+            seqs.remove(&p.seq);
+            if seqs.is_empty() {
+                self.ids.remove(p.id());
+            }
         }
         for alternate in &p.draft.alternates {
             if let Some(a) = self.alternates.get_mut(alternate) {
@@ -125,7 +130,7 @@ impl Rings {
     }
 
     pub(crate) fn seq_of(&self, id: &str) -> Option<u64> {
-        self.ids.get(id).copied()
+        self.ids.get(id)?.first().copied()
     }
 
     pub(crate) fn last(&self) -> Option<(u64, String)> {
@@ -142,8 +147,14 @@ impl Rings {
         upto: u64,
         limit: usize,
     ) -> ReplayPage {
+        if after >= upto {
+            return ReplayPage::default();
+        }
         let mut seqs = BTreeSet::new();
-        let mut gap = false;
+        // A topic forgotten entirely (idle past its `meta_ttl`) took what
+        // it lost with it: any cursor before its last publication may have
+        // lost something.
+        let mut gap = self.forgotten > after;
         // Collects a channel's selected seqs; true when it lost some.
         let mut channel = |ch: &Channel| {
             let start = ch.ring.partition_point(|p| p.seq <= after);
@@ -157,10 +168,8 @@ impl Rings {
             ch.trimmed > after
         };
         for topic in selection.exact() {
-            match self.channels.get(topic) {
-                Some(ch) => gap |= channel(ch),
-                None if !self.alternates.contains_key(topic) => gap |= self.forgotten > after,
-                None => {}
+            if let Some(ch) = self.channels.get(topic) {
+                gap |= channel(ch);
             }
         }
         for (name, ch) in &self.channels {

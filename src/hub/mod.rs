@@ -15,9 +15,13 @@
 //! [`SLOW_CONSUMER`]; it resumes from history when it reconnects.
 
 pub mod clock;
+#[cfg(test)]
+mod index_model_tests;
 pub mod presence;
 pub mod publication;
 pub mod sink;
+#[cfg(test)]
+mod sink_model_tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -105,9 +105,13 @@ impl TopicMatcher {
         } else {
             match kind {
                 MatcherType::Exact => Compiled::Exact,
-                MatcherType::Urlpattern => compile_url_pattern(raw, base)?,
+                MatcherType::Urlpattern => {
+                    cached(kind, raw, base, || compile_url_pattern(raw, base))?
+                }
                 MatcherType::Legacy if uri_template::looks_like_template(raw) => {
-                    Compiled::Template(uri_template::compile(raw)?)
+                    cached(kind, raw, base, || {
+                        Ok(Compiled::Template(uri_template::compile(raw)?))
+                    })?
                 }
                 MatcherType::Legacy => Compiled::Exact,
             }
@@ -212,6 +216,54 @@ impl TopicMatcher {
     pub fn matches_any<'a>(&self, mut topics: impl Iterator<Item = &'a str>) -> bool {
         topics.any(|t| self.matches(t))
     }
+}
+
+/// Compiled patterns kept for reuse: compiling one costs up to a
+/// millisecond (a regular expression per URL component), matching it a few
+/// microseconds, and many subscribers ask for the same few patterns.
+const CACHED_PATTERNS: usize = 4096;
+
+type PatternKey = (MatcherType, String, String);
+
+fn pattern_cache() -> &'static parking_lot::Mutex<std::collections::HashMap<PatternKey, Compiled>> {
+    static CACHE: std::sync::OnceLock<
+        parking_lot::Mutex<std::collections::HashMap<PatternKey, Compiled>>,
+    > = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// The compiled form of a pattern, from the cache or `compile`.
+fn cached(
+    kind: MatcherType,
+    raw: &str,
+    base: &Url,
+    compile: impl FnOnce() -> Result<Compiled, MatcherError>,
+) -> Result<Compiled, MatcherError> {
+    let key = (kind, raw.to_owned(), base.as_str().to_owned());
+    if let Some(c) = pattern_cache().lock().get(&key) {
+        return Ok(c.clone());
+    }
+    let compiled = compile()?;
+    let mut cache = pattern_cache().lock();
+    if cache.len() >= CACHED_PATTERNS {
+        // Any one goes: a stranger's patterns cannot pin the cache.
+        if let Some(victim) = cache.keys().next().cloned() {
+            cache.remove(&victim);
+        }
+    }
+    cache.insert(key, compiled.clone());
+    Ok(compiled)
+}
+
+/// True when a matcher of `kind` spelled `raw` is a pattern (tested
+/// against topics rather than compared with them).
+pub fn is_pattern(kind: MatcherType, raw: &str) -> bool {
+    raw != "*"
+        && match kind {
+            MatcherType::Exact => false,
+            MatcherType::Urlpattern => true,
+            MatcherType::Legacy => uri_template::looks_like_template(raw),
+        }
 }
 
 fn compile_url_pattern(raw: &str, base: &Url) -> Result<Compiled, MatcherError> {

@@ -5,7 +5,7 @@
 
 use url::Url;
 
-use super::matcher::{MatcherError, MatcherType, TopicMatcher};
+use super::matcher::{is_pattern, MatcherError, MatcherType, TopicMatcher};
 use super::text::check_chars;
 use super::{EARLIEST, RESERVED_EVENT_TYPE};
 
@@ -41,6 +41,9 @@ pub struct Limits {
     pub max_matchers: usize,
     /// Maximum length of one matcher, in bytes.
     pub max_matcher_len: usize,
+    /// Maximum pattern matchers (URL patterns, URI templates) in one
+    /// subscribe: each may cost a millisecond to compile.
+    pub max_patterns: usize,
 }
 
 impl Default for Limits {
@@ -50,6 +53,7 @@ impl Default for Limits {
             max_field_len: 2048,
             max_matchers: 100,
             max_matcher_len: 2048,
+            max_patterns: 100,
         }
     }
 }
@@ -211,7 +215,7 @@ pub fn parse_subscribe(
 ) -> Result<SubscribeRequest, RequestError> {
     let mut matchers: Vec<TopicMatcher> = Vec::new();
     let (mut query_cursor, mut body_cursor) = (None, None);
-    let mut params = 0;
+    let (mut params, mut patterns) = (0, 0);
     let mut legacy_token = None;
     for (from_query, (name, value)) in query
         .into_iter()
@@ -244,6 +248,20 @@ pub fn parse_subscribe(
                     "more than {} topic matchers",
                     limits.max_matchers
                 )));
+            }
+            if is_pattern(kind, &value) {
+                patterns += 1;
+                if patterns > limits.max_patterns {
+                    return Err(bad(format!(
+                        "more than {} pattern matchers{}",
+                        limits.max_patterns,
+                        if limits.max_patterns < limits.max_matchers {
+                            " without a token (mercure.max_anonymous_patterns)"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
             }
             let m = TopicMatcher::new(kind, &value, hub)?;
             if !matchers
