@@ -36,12 +36,12 @@ use std::time::Duration;
 /// The runs made when none is asked for: every scenario, fixed seeds,
 /// every fault kind at least once.
 const CI_RUNS: [(&str, u64, u64); 6] = [
-    ("disk", 1, 40),
-    ("trim", 2, 25),
-    ("memory", 3, 25),
-    ("redis", 4, 30),
-    ("nats", 5, 30),
-    ("storm", 6, 25),
+    ("disk", 1, 60),
+    ("trim", 2, 30),
+    ("memory", 3, 30),
+    ("redis", 4, 40),
+    ("nats", 5, 40),
+    ("storm", 6, 30),
 ];
 
 struct Args {

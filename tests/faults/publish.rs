@@ -108,8 +108,12 @@ async fn run(
             burst = bursts.recv() => burst.unwrap_or(1),
             _ = stopped.changed() => return,
         };
+        // The pause may be shortened meanwhile: look again often.
         while let Some(left) = env.pause_left() {
-            tokio::time::sleep(left).await;
+            if *stopped.borrow() {
+                return;
+            }
+            tokio::time::sleep(left.min(Duration::from_millis(100))).await;
         }
         let first = record.lock().outcomes.len() as u64 + 1;
         let mut tries = 0;
