@@ -19,8 +19,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::centrifugo::Node;
-use crate::hub::publication::now_ms;
-use crate::hub::{Draft, Hub};
+use crate::history::Draft;
+use crate::hub::Hub;
+use crate::time::now_ms;
 
 /// The ticker's channel (and Mercure topic).
 pub const TICKER: &str = "demo:ticker";

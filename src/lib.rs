@@ -59,5 +59,6 @@ pub mod mercure;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod time;
 pub mod transport;
 pub mod web;

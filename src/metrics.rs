@@ -61,6 +61,22 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// Drains histogram samples into their buckets every few seconds. The
+/// recorder keeps every sample until then: without this, a hub that nobody
+/// scrapes would hold one sample per HTTP request forever (about 30 bytes
+/// a connection under connection churn).
+pub fn spawn_upkeep() {
+    if let Some(handle) = HANDLE.get().and_then(Option::as_ref) {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
+}
+
 /// The `# HELP` lines.
 fn describe() {
     describe_gauge!(
@@ -252,7 +268,7 @@ pub fn engine_error(engine: &'static str, op: &'static str) {
 
 /// Records how long a publication took from the engine to this node.
 pub fn engine_lag(time_ms: u64) {
-    let lag = crate::hub::publication::now_ms().saturating_sub(time_ms);
+    let lag = crate::time::now_ms().saturating_sub(time_ms);
     histogram!("tidings_engine_lag_seconds").record(lag as f64 / 1000.0);
 }
 
@@ -316,7 +332,7 @@ fn remember(kind: &'static str, detail: String) {
         events.pop_front();
     }
     events.push_back(RecentEvent {
-        time_ms: crate::hub::publication::now_ms(),
+        time_ms: crate::time::now_ms(),
         kind,
         detail,
     });

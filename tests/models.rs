@@ -36,10 +36,10 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tidings::history::disk::DiskHistory;
 use tidings::history::memory::MemoryHistory;
+use tidings::history::{Draft, Publication};
 use tidings::history::{
     History, HistoryError, Retention, RetentionPolicy, Selection, StreamPosition,
 };
-use tidings::hub::{Draft, Publication};
 use tidings::protocol::mercure::matcher::{MatcherType, TopicMatcher};
 
 /// The hub URL matchers resolve against.

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::centrifugo::session::{read_history, VERSION};
 use crate::centrifugo::{Control, Node};
-use crate::hub::Draft;
+use crate::history::Draft;
 use crate::protocol::centrifuge::{disconnect, errors, json_payload};
 
 type ApiResult = Result<Value, errors::Code>;
@@ -394,7 +394,7 @@ async fn run_method(node: &Node, method: &str, params: Value) -> ApiResult {
     }
 }
 
-fn client_info_json(info: &crate::hub::ClientInfo) -> Value {
+fn client_info_json(info: &crate::history::ClientInfo) -> Value {
     let mut v = json!({ "user": info.user, "client": info.client });
     for (key, raw) in [
         ("conn_info", &info.conn_info),

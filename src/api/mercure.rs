@@ -19,7 +19,8 @@ use serde_json::{json, Value};
 use crate::auth::grants::DETAIL_TYPE;
 use crate::auth::{AuthError, Grants, Role, Verifier};
 use crate::config::MercureSettings;
-use crate::hub::{Draft, Filter, Hub, Publication};
+use crate::history::{Draft, Publication};
+use crate::hub::{Filter, Hub};
 use crate::integration::proxy::{Decision, Proxy};
 use crate::integration::webhooks::{Event, EventKind, Webhooks};
 use crate::limits::KeyedRateLimiter;
@@ -298,10 +299,6 @@ impl Filter for PrivateFilter {
     }
 }
 
-fn now_secs() -> u64 {
-    crate::hub::publication::now_ms() / 1000
-}
-
 /// `GET|QUERY {hub}`: opens an event stream.
 pub async fn subscribe(State(state): State<Arc<MercureState>>, req: Request) -> Response {
     match subscribe_inner(&state, req).await {
@@ -377,10 +374,9 @@ async fn subscribe_inner(
     let told = tell_webhooks(state, &subscriber, &req.matchers, grants.as_deref());
     let guard = Some(Box::new((announced, told)) as Box<dyn Send + Sync>);
     let now = tokio::time::Instant::now();
-    let token_deadline = grants
-        .as_ref()
-        .and_then(|g| g.expires_at)
-        .map(|exp| now + std::time::Duration::from_secs(exp.saturating_sub(now_secs())));
+    let token_deadline = grants.as_ref().and_then(|g| g.expires_at).map(|exp| {
+        now + std::time::Duration::from_secs(exp.saturating_sub(crate::time::now_secs()))
+    });
     let lifetime_deadline = s.max_lifetime.map(|d| now + d);
     let deadline = match (token_deadline, lifetime_deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),

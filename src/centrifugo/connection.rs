@@ -270,7 +270,7 @@ async fn deliver(
 fn next_deadline(session: &Session, d: &Deadlines, far: Instant) -> Instant {
     let connected = session.is_connected();
     let from_secs = |at: u64| {
-        let now = now_secs();
+        let now = crate::time::now_secs();
         Instant::now() + Duration::from_secs(at.saturating_sub(now))
     };
     [
@@ -314,12 +314,15 @@ async fn on_timer(
             d.pong = Some(now + settings.pong_timeout);
         }
     }
-    if session.expires_at().is_some_and(|e| e <= now_secs()) {
+    if session
+        .expires_at()
+        .is_some_and(|e| e <= crate::time::now_secs())
+    {
         Box::pin(session.expired()).await?;
     }
     if session
         .next_sub_refresh()
-        .is_some_and(|at| at <= now_secs())
+        .is_some_and(|at| at <= crate::time::now_secs())
     {
         Box::pin(session.refresh_subscriptions(out)).await;
     }
@@ -328,8 +331,4 @@ async fn on_timer(
 
 fn to_disconnect(code: disconnect::Code) -> Disconnect {
     (code.0, code.1.to_owned())
-}
-
-fn now_secs() -> u64 {
-    crate::hub::publication::now_ms() / 1000
 }

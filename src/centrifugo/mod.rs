@@ -11,6 +11,7 @@
 //!   emulated connections (whose commands arrive by `POST /emulation`).
 
 pub mod connection;
+pub mod encode;
 pub mod session;
 
 use std::collections::{HashMap, HashSet};

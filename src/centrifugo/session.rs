@@ -17,11 +17,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::encode::{self, client_info};
 use super::{Control, Node, Transport};
 use crate::auth::centrifugo::{self as tokens, TokenError};
 use crate::config::Namespace;
-use crate::hub::publication::client_info;
-use crate::hub::{ClientInfo, Delivery, Draft, Filter, Publication, Sink, SubscriptionHandle};
+use crate::history::{ClientInfo, Draft, Publication};
+use crate::hub::{Delivery, Filter, Sink, SubscriptionHandle};
 use crate::integration::proxy::{self as backend, Decision, Payload};
 use crate::integration::webhooks::{Event, EventKind};
 use crate::limits::RateLimiter;
@@ -153,10 +154,6 @@ pub struct Session {
     pub got_pong: bool,
     /// `limits.publish_rate` for this connection.
     publish_rate: Option<RateLimiter>,
-}
-
-fn now_secs() -> u64 {
-    crate::hub::publication::now_ms() / 1000
 }
 
 impl Session {
@@ -563,7 +560,7 @@ impl Session {
             return Err(close(disconnect::EXPIRED));
         };
         match answer {
-            Ok(r) if r.expired || (r.expire_at > 0 && r.expire_at <= now_secs()) => {
+            Ok(r) if r.expired || (r.expire_at > 0 && r.expire_at <= crate::time::now_secs()) => {
                 Err(close(disconnect::EXPIRED))
             }
             Ok(r) => {
@@ -575,7 +572,7 @@ impl Session {
             }
             // The backend is down: keep the connection and ask again soon.
             Err(_) => {
-                c.expires_at = Some(now_secs() + REFRESH_RETRY_SECS);
+                c.expires_at = Some(crate::time::now_secs() + REFRESH_RETRY_SECS);
                 Ok(())
             }
         }
@@ -592,7 +589,7 @@ impl Session {
         let Some(endpoint) = self.node.proxy.settings.sub_refresh.clone() else {
             return;
         };
-        let now = now_secs();
+        let now = crate::time::now_secs();
         let due: Vec<String> = self
             .subs
             .iter()
@@ -625,7 +622,7 @@ impl Session {
 
     fn ttl(&self, expires_at: Option<u64>) -> (bool, u32) {
         match expires_at {
-            Some(exp) => (true, exp.saturating_sub(now_secs()) as u32),
+            Some(exp) => (true, exp.saturating_sub(crate::time::now_secs()) as u32),
             None => (false, 0),
         }
     }
@@ -837,7 +834,7 @@ impl Session {
                 publications
                     .iter()
                     .filter(|p| !p.draft.private)
-                    .map(|p| p.to_centrifuge(self.encoding))
+                    .map(|p| encode::publication(p, self.encoding))
                     .collect()
             } else {
                 Vec::new()
@@ -1101,7 +1098,7 @@ impl Session {
                 history: Some(proto::HistoryResult {
                     publications: pubs
                         .iter()
-                        .map(|p| p.to_centrifuge(self.encoding))
+                        .map(|p| encode::publication(p, self.encoding))
                         .collect(),
                     epoch: pos.epoch,
                     offset: pos.offset,
@@ -1188,7 +1185,7 @@ impl Session {
                     return Ok(());
                 }
                 sub.skip_upto = p.offset;
-                let encoded = p.centrifuge_push(self.encoding);
+                let encoded = encode::push(&p, self.encoding);
                 if self.transport.unidirectional() {
                     if let Some(push) = push_of_json_reply(encoded) {
                         out.encoded(&push, self.resume_id().as_deref());
@@ -1196,7 +1193,7 @@ impl Session {
                 } else {
                     let encoding = self.encoding;
                     out.shared(encoded, |level| {
-                        p.centrifuge_push_deflated(encoding, level).clone()
+                        encode::push_deflated(&p, encoding, level).clone()
                     });
                 }
             }
@@ -1224,7 +1221,7 @@ impl Session {
             return;
         };
         self.last_pattern_seq = p.seq;
-        let mut publication = p.to_centrifuge(self.encoding);
+        let mut publication = encode::publication(p, self.encoding);
         publication.channel = p.channel().to_owned();
         publication
             .tags

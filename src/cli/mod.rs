@@ -58,7 +58,7 @@ pub fn mint_token(
     algorithm: Algorithm,
     req: &TokenRequest,
 ) -> Result<String, ClientError> {
-    let now = crate::hub::publication::now_ms() / 1000;
+    let now = crate::time::now_ms() / 1000;
     let claims = if req.legacy {
         json!({"exp": now + req.ttl.as_secs(), "sub": req.subject,
                "mercure": {"publish": req.publish, "subscribe": req.subscribe}})

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::history::History;
-use crate::hub::{ClientInfo, Publication};
+use crate::history::{ClientInfo, Publication};
 
 /// An engine failure (connection, protocol, or data it cannot read).
 #[derive(Debug, thiserror::Error)]
@@ -194,23 +194,4 @@ pub(crate) async fn forward_event(
         return true;
     };
     envelope.node == node || tx.send(Feed::Event(envelope.event)).await.is_ok()
-}
-
-/// Retries with exponential backoff (100 ms doubling to 5 s): how the feeds
-/// reconnect.
-pub(crate) struct Backoff(std::time::Duration);
-
-impl Backoff {
-    pub(crate) fn new() -> Self {
-        Backoff(std::time::Duration::from_millis(100))
-    }
-
-    pub(crate) async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(std::time::Duration::from_secs(5));
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.0 = std::time::Duration::from_millis(100);
-    }
 }

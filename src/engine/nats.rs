@@ -37,12 +37,13 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::{
-    forward_event, report_gap, Backoff, Broker, Engine, EngineError, EngineOptions, Envelope, Feed,
+    forward_event, report_gap, Broker, Engine, EngineError, EngineOptions, Envelope, Feed,
     PresenceStore,
 };
 use crate::history::{new_epoch, History, HistoryError, ReplayPage, Selection, StreamPosition};
-use crate::hub::publication::now_ms;
-use crate::hub::{ClientInfo, Draft, Publication};
+use crate::history::{ClientInfo, Draft, Publication};
+use crate::time::now_ms;
+use crate::time::Backoff;
 
 const OFFSET: &str = "Tidings-Offset";
 const EPOCH: &str = "Tidings-Epoch";
@@ -371,7 +372,7 @@ impl NatsEngine {
 
     /// Tails `P_LOG` into `tx` until the receiver goes away.
     async fn run_feed(self: Arc<Self>, mut after: u64, tx: mpsc::Sender<Feed>) {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::default();
         let mut known: Option<String> = None;
         'connect: while !tx.is_closed() {
             let created = match self.log_created().await {
@@ -500,7 +501,7 @@ impl NatsEngine {
 
     /// Forwards other nodes' events from `P.events` into `tx`.
     async fn run_events(self: Arc<Self>, node: String, tx: mpsc::Sender<Feed>) {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::default();
         let subject = format!("{}.events", self.options.prefix);
         while !tx.is_closed() {
             let mut sub = match self.client.subscribe(subject.clone()).await {

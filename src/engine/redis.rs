@@ -29,11 +29,12 @@ use redis::{AsyncConnectionConfig, AsyncTypedCommands, Script};
 use tokio::sync::mpsc;
 
 use super::{
-    forward_event, report_gap, Backoff, Broker, Engine, EngineError, EngineOptions, Envelope, Feed,
+    forward_event, report_gap, Broker, Engine, EngineError, EngineOptions, Envelope, Feed,
     PresenceStore,
 };
 use crate::history::{new_epoch, History, HistoryError, ReplayPage, Selection, StreamPosition};
-use crate::hub::{ClientInfo, Draft, Publication};
+use crate::history::{ClientInfo, Draft, Publication};
+use crate::time::Backoff;
 
 /// Positions and stores a batch. ARGV: prefix, log cap, then per draft:
 /// channel, id, draft bytes, candidate epoch, size, ttl s, meta ttl s.
@@ -181,7 +182,7 @@ impl RedisEngine {
         // A channel's history is read up to its TTL; the log keeps what it
         // holds until it is cut (replaying an old one loses nothing).
         let ttl = self.options.retention.for_channel(&draft.channel).ttl;
-        if !in_log && time_ms + (ttl.as_millis() as u64) < crate::hub::publication::now_ms() {
+        if !in_log && time_ms + (ttl.as_millis() as u64) < crate::time::now_ms() {
             return Ok(None);
         }
         Ok(Some(Publication::new(
@@ -233,7 +234,7 @@ impl RedisEngine {
     /// Tails `P:log` into `tx` until the receiver goes away.
     async fn run_feed(self: Arc<Self>, mut after: u64, tx: mpsc::Sender<Feed>) {
         let mut known_gen: Option<String> = None;
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::default();
         let log = self.global("log");
         let read = StreamReadOptions::default().block(2000).count(512);
         'connect: loop {
@@ -334,7 +335,7 @@ impl RedisEngine {
     /// Forwards other nodes' events from `P:events` into `tx`.
     async fn run_events(self: Arc<Self>, node: String, tx: mpsc::Sender<Feed>) {
         use futures::StreamExt;
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::default();
         let channel = self.global("events");
         while !tx.is_closed() {
             let mut pubsub = match self.client.get_async_pubsub().await {
@@ -551,7 +552,7 @@ impl Broker for RedisEngine {
 impl PresenceStore for RedisEngine {
     async fn add(&self, channel: &str, info: &ClientInfo) -> Result<(), EngineError> {
         let ttl = self.options.presence_ttl.as_millis() as u64;
-        let expires = crate::hub::publication::now_ms() + ttl;
+        let expires = crate::time::now_ms() + ttl;
         let (hash, zset) = (self.key("pr", channel), self.key("pe", channel));
         let json = serde_json::to_vec(info).unwrap_or_default();
         let mut conn = self.conn.clone();

@@ -22,9 +22,9 @@ use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTrans
 use serde::{Deserialize, Serialize};
 
 use super::memory::Rings;
+use super::{Draft, Publication};
 use super::{History, HistoryError, ReplayPage, RetentionPolicy, Selection, StreamPosition};
-use crate::hub::publication::now_ms;
-use crate::hub::{Draft, Publication};
+use crate::time::now_ms;
 
 /// seq → encoded publication.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -148,10 +148,11 @@ impl DiskHistory {
             last_seq
         };
         txn.commit().map_err(store)?;
+        let rings = Rings::new(retention.ephemeral_prefix.clone());
         Ok(DiskHistory {
             db: Arc::new(db),
             retention: Arc::new(retention),
-            memory: Arc::new(Mutex::new((last_seq, Rings::default()))),
+            memory: Arc::new(Mutex::new((last_seq, rings))),
         })
     }
 

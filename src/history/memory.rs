@@ -14,11 +14,14 @@ use parking_lot::Mutex;
 
 use super::{
     new_epoch, History, HistoryError, ReplayPage, RetentionPolicy, Selection, StreamPosition,
+    EPHEMERAL_KEPT,
 };
-use crate::hub::publication::now_ms;
-use crate::hub::{Draft, Publication};
+use super::{Draft, Publication};
+use crate::time::now_ms;
 
 struct Channel {
+    /// Under the ephemeral prefix (Mercure subscription events).
+    ephemeral: bool,
     epoch: Arc<str>,
     top: u64,
     ring: VecDeque<Arc<Publication>>,
@@ -51,10 +54,21 @@ pub(crate) struct Rings {
     /// Newest `seq` of a forgotten topic: a cursor before it may have lost
     /// publications of a topic that no longer exists.
     forgotten: u64,
+    /// Channels under this prefix are ephemeral (see
+    /// [`RetentionPolicy::ephemeral_prefix`]).
+    ephemeral_prefix: Option<String>,
+    /// Ephemeral publications, oldest first (some may be gone already):
+    /// at most [`EPHEMERAL_KEPT`] are kept, however fast connections come
+    /// and go.
+    ephemeral: VecDeque<(u64, String)>,
+    /// [`Rings::forgotten`] for ephemeral channels: only selections that may
+    /// select one are concerned, and forgetting one draws no new epoch.
+    forgotten_ephemeral: u64,
 }
 
-impl Default for Rings {
-    fn default() -> Self {
+impl Rings {
+    /// Empty rings; channels under `ephemeral_prefix` are ephemeral.
+    pub(crate) fn new(ephemeral_prefix: Option<String>) -> Rings {
         Rings {
             log: BTreeMap::new(),
             ids: HashMap::new(),
@@ -62,11 +76,40 @@ impl Default for Rings {
             alternates: BTreeMap::new(),
             epoch_base: new_epoch(),
             forgotten: 0,
+            ephemeral_prefix,
+            ephemeral: VecDeque::new(),
+            forgotten_ephemeral: 0,
         }
     }
-}
 
-impl Rings {
+    fn is_ephemeral(&self, channel: &str) -> bool {
+        self.ephemeral_prefix
+            .as_deref()
+            .is_some_and(|p| channel.starts_with(p))
+    }
+
+    /// Drops the oldest ephemeral publication still kept.
+    fn evict_ephemeral(&mut self) {
+        while let Some((seq, name)) = self.ephemeral.pop_front() {
+            let Some(ch) = self.channels.get_mut(&name) else {
+                continue;
+            };
+            if ch.ring.front().is_none_or(|p| p.seq != seq) {
+                continue;
+            }
+            let Some(p) = ch.ring.pop_front() else {
+                continue;
+            };
+            ch.trimmed = ch.trimmed.max(seq);
+            if ch.ring.is_empty() {
+                self.channels.remove(&name);
+                self.forgotten_ephemeral = self.forgotten_ephemeral.max(seq);
+            }
+            self.forget(&p);
+            return;
+        }
+    }
+
     /// Stores `draft` at `seq`, trimming its channel to `size`.
     pub(crate) fn insert(
         &mut self,
@@ -76,10 +119,15 @@ impl Rings {
         size: usize,
     ) -> Arc<Publication> {
         let base = self.epoch_base.clone();
+        let ephemeral = self.is_ephemeral(&draft.channel);
+        if ephemeral {
+            self.ephemeral.push_back((seq, draft.channel.clone()));
+        }
         let ch = self
             .channels
             .entry(draft.channel.clone())
             .or_insert_with(|| Channel {
+                ephemeral,
                 epoch: base,
                 top: 0,
                 ring: VecDeque::new(),
@@ -109,6 +157,9 @@ impl Rings {
         }
         self.log.insert(seq, p.clone());
         self.ids.entry(p.id().to_owned()).or_default().insert(seq);
+        while self.ephemeral.len() > EPHEMERAL_KEPT {
+            self.evict_ephemeral();
+        }
         p
     }
 
@@ -153,8 +204,14 @@ impl Rings {
         let mut seqs = BTreeSet::new();
         // A topic forgotten entirely (idle past its `meta_ttl`) took what
         // it lost with it: any cursor before its last publication may have
-        // lost something.
-        let mut gap = self.forgotten > after;
+        // lost something (of an ephemeral one: only for selections that
+        // may select one).
+        let mut gap = self.forgotten > after
+            || (self.forgotten_ephemeral > after
+                && self
+                    .ephemeral_prefix
+                    .as_deref()
+                    .is_some_and(|p| selection.may_select_under(p)));
         // Collects a channel's selected seqs; true when it lost some.
         let mut channel = |ch: &Channel| {
             let start = ch.ring.partition_point(|p| p.seq <= after);
@@ -249,7 +306,7 @@ impl Rings {
     /// `meta_ttl`; returns how many publications went.
     pub(crate) fn sweep(&mut self, now: u64, retention: &RetentionPolicy) -> usize {
         let mut expired = Vec::new();
-        let mut forgotten = 0;
+        let (mut forgotten, mut forgotten_ephemeral) = (0, 0);
         self.channels.retain(|name, ch| {
             let r = retention.for_channel(name);
             let (ttl, meta_ttl) = (r.ttl.as_millis() as u64, r.meta_ttl.as_millis() as u64);
@@ -264,8 +321,10 @@ impl Rings {
                 }
             }
             let keep = !(ch.ring.is_empty() && now.saturating_sub(ch.touched_ms) >= meta_ttl);
-            if !keep {
-                forgotten = forgotten.max(ch.trimmed);
+            match (keep, ch.ephemeral) {
+                (true, _) => {}
+                (false, true) => forgotten_ephemeral = forgotten_ephemeral.max(ch.trimmed),
+                (false, false) => forgotten = forgotten.max(ch.trimmed),
             }
             keep
         });
@@ -283,6 +342,14 @@ impl Rings {
             self.forgotten = self.forgotten.max(forgotten);
             self.epoch_base = new_epoch();
         }
+        self.forgotten_ephemeral = self.forgotten_ephemeral.max(forgotten_ephemeral);
+        while self
+            .ephemeral
+            .front()
+            .is_some_and(|(seq, _)| !self.log.contains_key(seq))
+        {
+            self.ephemeral.pop_front();
+        }
         expired.len()
     }
 }
@@ -297,8 +364,8 @@ impl MemoryHistory {
     /// An empty history.
     pub fn new(retention: RetentionPolicy) -> Self {
         MemoryHistory {
+            inner: Mutex::new((0, Rings::new(retention.ephemeral_prefix.clone()))),
             retention,
-            inner: Mutex::new((0, Rings::default())),
         }
     }
 }
@@ -361,5 +428,67 @@ impl History for MemoryHistory {
 
     async fn close(&self) -> Result<(), HistoryError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::protocol::mercure::matcher::{MatcherType, TopicMatcher};
+
+    fn draft(channel: &str) -> Draft {
+        Draft::to_channel(
+            channel.into(),
+            Bytes::from_static(b"x"),
+            None,
+            Default::default(),
+        )
+    }
+
+    fn selection(raw: &str, kind: MatcherType) -> Selection {
+        let base = url::Url::parse("https://hub.example/.well-known/mercure").unwrap();
+        Selection::new(&[TopicMatcher::new(kind, raw, &base).unwrap()])
+    }
+
+    /// A storm of connections (each with a subscription-events channel of
+    /// its own) keeps a bounded number of ephemeral publications, and what
+    /// it forgets concerns only those who may select such topics.
+    #[test]
+    fn ephemeral_channels_are_bounded_and_forget_only_for_their_readers() {
+        let mut rings = Rings::new(Some("/sub/".into()));
+        rings.insert(draft("news"), 1, 0, 100);
+        for i in 0..(EPHEMERAL_KEPT as u64 + 500) {
+            rings.insert(draft(&format!("/sub/{i}")), i + 2, 0, 16);
+        }
+        let kept = rings.channels.values().filter(|c| c.ephemeral).count();
+        assert_eq!(kept, EPHEMERAL_KEPT);
+        assert_eq!(rings.log.len(), EPHEMERAL_KEPT + 1);
+        let news = rings.replay(&selection("news", MatcherType::Exact), 0, u64::MAX, 10);
+        assert!(!news.gap);
+        assert_eq!(news.publications.len(), 1);
+        let subs = rings.replay(&selection("/sub/{i}", MatcherType::Legacy), 1, u64::MAX, 10);
+        assert!(subs.gap, "the evicted ones are lost to readers of /sub/");
+        let other = rings.replay(
+            &selection("https://e.com/{x}", MatcherType::Legacy),
+            1,
+            u64::MAX,
+            10,
+        );
+        assert!(
+            !other.gap,
+            "a selection that cannot reach /sub/ lost nothing"
+        );
+        // Forgetting an ephemeral channel draws no new base epoch.
+        let base = rings.epoch_base.clone();
+        let policy = RetentionPolicy {
+            ephemeral_prefix: Some("/sub/".into()),
+            ..Default::default()
+        };
+        let removed = rings.sweep(120_000, &policy);
+        assert_eq!(removed, EPHEMERAL_KEPT);
+        assert_eq!(rings.epoch_base, base);
+        assert!(rings.ephemeral.is_empty() && rings.channels.len() == 1);
     }
 }

@@ -12,13 +12,15 @@
 
 pub mod disk;
 pub mod memory;
+pub mod publication;
+
+pub use publication::{ClientInfo, Draft, Publication, Wire};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::hub::{Draft, Publication};
 use crate::protocol::mercure::matcher::TopicMatcher;
 
 /// A storage failure.
@@ -53,6 +55,10 @@ impl Default for Retention {
         }
     }
 }
+
+/// Ephemeral publications kept in all (the oldest go first): under a storm
+/// of connections, subscription events cost a bounded amount of memory.
+pub const EPHEMERAL_KEPT: usize = 10_000;
 
 /// Retention per channel: the default, overridden by namespace (`name:`
 /// prefix) where the configuration says so.
@@ -209,6 +215,26 @@ impl Selection {
     /// True when `topic` is selected.
     pub fn selects(&self, topic: &str) -> bool {
         self.exact.iter().any(|t| t == topic) || self.selects_by_pattern(topic)
+    }
+
+    /// True when a topic starting with `prefix` may be selected (patterns
+    /// are judged by their index key: one without may select anything).
+    pub fn may_select_under(&self, prefix: &str) -> bool {
+        let compatible = |start: &str| start.starts_with(prefix) || prefix.starts_with(start);
+        self.exact.iter().any(|t| t.starts_with(prefix))
+            || self.patterns.iter().any(|m| match m.index_key() {
+                None => true,
+                Some(key) => match key.split_once(':') {
+                    Some(("r", start)) => compatible(start),
+                    // `u:scheme://host[:port]/path`: the path is what a
+                    // relative topic under the prefix resolves to.
+                    Some(("u", url)) => url
+                        .split_once("://")
+                        .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+                        .is_none_or(compatible),
+                    _ => true,
+                },
+            })
     }
 
     /// True when one of the publication's topics is selected.

@@ -33,7 +33,24 @@ use crate::history::RetentionPolicy;
 use crate::protocol::mercure::matcher::{MatcherType, TopicMatcher};
 
 /// Topics publications go to (channel or alternate).
-const TOPICS: [&str; 5] = ["a", "b", "ns:a", "ns:b", "https://hub.example/books/1"];
+/// The last ones are spelled so that only parsing them as URLs tells what
+/// URL patterns select them (case, default port, dot segments, relative
+/// references), to check the index of patterns by key.
+const TOPICS: [&str; 13] = [
+    "a",
+    "b",
+    "ns:a",
+    "ns:b",
+    "https://hub.example/books/1",
+    "HTTPS://HUB.EXAMPLE/books/2",
+    "https://hub.example:443/books/3",
+    "https://hub.example/x/../books/4",
+    "/books/5",
+    "https://hub.example/users/42/x",
+    "https://hub.example:8080/books/6",
+    "ns:deep/a",
+    "https://hub.example/users/42/x/y",
+];
 const HUB_URL: &str = "https://hub.example/.well-known/mercure";
 
 /// The matchers a subscription may hold.
@@ -42,6 +59,17 @@ fn matcher(i: usize) -> TopicMatcher {
     let new = |kind, raw: &str| TopicMatcher::new(kind, raw, &url).expect("matcher");
     match i {
         0..=4 => new(MatcherType::Exact, TOPICS[i]),
+        11 => new(MatcherType::Urlpattern, "/books/:id"),
+        12 => new(MatcherType::Urlpattern, "https://hub.example/users/42/:x"),
+        13 => new(MatcherType::Legacy, "https://hub.example/users/{u}/x"),
+        14 => new(
+            MatcherType::Urlpattern,
+            "https://hub.example:8080/books/:id",
+        ),
+        15 => TopicMatcher::channel_pattern("ns:deep/*").expect("channel pattern"),
+        16 => new(MatcherType::Urlpattern, "https://hub.example/:a/:b/:c"),
+        17 => new(MatcherType::Legacy, "{+any}"),
+        18 => new(MatcherType::Urlpattern, "https://hub.example/users/*"),
         // Mercure's `*`: every topic.
         5 => new(MatcherType::Exact, "*"),
         // The same spelling as a Centrifugo channel pattern: channels
@@ -54,7 +82,7 @@ fn matcher(i: usize) -> TopicMatcher {
         _ => new(MatcherType::Urlpattern, "*"),
     }
 }
-const MATCHERS: usize = 11;
+const MATCHERS: usize = 19;
 
 #[derive(Debug, Clone)]
 enum Op {

@@ -18,7 +18,6 @@ pub mod clock;
 #[cfg(test)]
 mod index_model_tests;
 pub mod presence;
-pub mod publication;
 pub mod sink;
 #[cfg(test)]
 mod sink_model_tests;
@@ -35,10 +34,9 @@ use tokio::task::JoinHandle;
 
 use crate::centrifugo::Control;
 use crate::engine::{Broker, ClusterEvent, Engine, Envelope, Feed};
-use crate::history::History;
-use crate::protocol::mercure::matcher::TopicMatcher;
-pub use presence::{ClientInfo, Presence};
-pub use publication::{Draft, Publication};
+use crate::history::{ClientInfo, Draft, History, Publication};
+use crate::protocol::mercure::matcher::{topic_keys, TopicMatcher};
+pub use presence::Presence;
 pub use sink::{Offer, Sink};
 
 /// Close reason for a subscriber whose queue overflowed.
@@ -140,6 +138,8 @@ impl Subscriber {
 /// whatever the number of its subscribers.
 struct PatternGroup {
     matcher: TopicMatcher,
+    /// Its index key (see [`TopicMatcher::index_key`]), if it has one.
+    key: Option<String>,
     subscribers: Subscribers,
 }
 
@@ -157,23 +157,49 @@ struct Index {
     by_id: HashMap<u64, Arc<Subscriber>>,
     /// Subscribers whose matchers are all exact, by topic.
     exact: HashMap<String, Subscribers>,
-    /// Subscribers with one pattern, grouped by pattern.
+    /// Subscribers with one pattern, grouped by the pattern's identity.
     patterns: HashMap<String, PatternGroup>,
+    /// The groups every publication is tested against (their pattern has
+    /// no index key).
+    unkeyed: HashSet<String>,
+    /// The other groups, by index key: a publication is tested only
+    /// against those found under its topics' keys.
+    keyed: HashMap<String, HashSet<String>>,
+    /// The hub URL keyed URL patterns resolve topics against (and how many
+    /// there are: topics are parsed as URLs only when some are).
+    url_base: Option<(url::Url, usize)>,
     /// Subscribers with several matchers, some patterns: evaluated per
     /// publication.
     scanned: Subscribers,
 }
 
 impl Index {
-    /// Subscribers with a pattern that selects `topics` (each group's pattern
-    /// tested once), then the scanned ones.
+    /// Subscribers with a pattern that selects `topics` (each group's
+    /// pattern tested once), then the scanned ones.
     fn matching<'a>(
         &'a self,
         topics: impl Iterator<Item = &'a str> + Clone + 'a,
     ) -> impl Iterator<Item = &'a Arc<Subscriber>> + 'a {
+        let mut groups: Vec<&'a String> = self.unkeyed.iter().collect();
+        if !self.keyed.is_empty() {
+            let base = self.url_base.as_ref().map(|(base, _)| base);
+            let mut several = false;
+            for (i, topic) in topics.clone().enumerate() {
+                several |= i > 0;
+                for key in topic_keys(topic, base) {
+                    groups.extend(self.keyed.get(&key).into_iter().flatten());
+                }
+            }
+            if several {
+                // Alternate topics may lead to a group twice.
+                let mut seen = HashSet::new();
+                groups.retain(|g| seen.insert(*g));
+            }
+        }
         let t = topics.clone();
-        self.patterns
-            .values()
+        groups
+            .into_iter()
+            .filter_map(|id| self.patterns.get(id))
             .filter(move |g| g.matcher.matches_any(t.clone()))
             .flat_map(|g| g.subscribers.values())
             .chain(
@@ -181,6 +207,77 @@ impl Index {
                     .values()
                     .filter(move |s| s.matchers.iter().any(|m| m.matches_any(topics.clone()))),
             )
+    }
+
+    /// Adds a subscriber with one pattern to its group.
+    fn join_group(&mut self, identity: String, matcher: &TopicMatcher, s: Arc<Subscriber>) {
+        if !self.patterns.contains_key(&identity) {
+            let key = matcher.index_key().filter(|key| {
+                // Keyed URL patterns must all resolve against one base.
+                if !key.starts_with("u:") {
+                    return true;
+                }
+                let base = matcher.url_base().cloned();
+                match (&mut self.url_base, base) {
+                    (Some((b, n)), Some(base)) if *b == base => {
+                        *n += 1;
+                        true
+                    }
+                    (slot @ None, Some(base)) => {
+                        *slot = Some((base, 1));
+                        true
+                    }
+                    _ => false,
+                }
+            });
+            match &key {
+                Some(key) => self
+                    .keyed
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(identity.clone()),
+                None => self.unkeyed.insert(identity.clone()),
+            };
+            let group = PatternGroup {
+                matcher: matcher.clone(),
+                key,
+                subscribers: Subscribers::default(),
+            };
+            self.patterns.insert(identity.clone(), group);
+        }
+        if let Some(group) = self.patterns.get_mut(&identity) {
+            group.subscribers.insert(s.id, s);
+        }
+    }
+
+    /// Removes a subscriber from its pattern group, and the group once empty.
+    fn leave_group(&mut self, identity: &str, id: u64) {
+        let Some(group) = self.patterns.get_mut(identity) else {
+            return;
+        };
+        group.subscribers.swap_remove(&id);
+        if !group.subscribers.is_empty() {
+            return;
+        }
+        let key = self.patterns.remove(identity).and_then(|g| g.key);
+        let Some(key) = key else {
+            self.unkeyed.remove(identity);
+            return;
+        };
+        if let Some(ids) = self.keyed.get_mut(&key) {
+            ids.remove(identity);
+            if ids.is_empty() {
+                self.keyed.remove(&key);
+            }
+        }
+        if key.starts_with("u:") {
+            if let Some((_, n)) = &mut self.url_base {
+                *n -= 1;
+                if *n == 0 {
+                    self.url_base = None;
+                }
+            }
+        }
     }
 }
 
@@ -280,12 +377,7 @@ impl Fanout {
                 }
             }
         } else if let Some(key) = s.pattern_key() {
-            if let Some(group) = index.patterns.get_mut(&key) {
-                group.subscribers.swap_remove(&id);
-                if group.subscribers.is_empty() {
-                    index.patterns.remove(&key);
-                }
-            }
+            index.leave_group(&key, id);
         } else {
             index.scanned.swap_remove(&id);
         }
@@ -515,16 +607,7 @@ impl Hub {
                 list.insert(id, s.clone());
             }
         } else if let Some(key) = s.pattern_key() {
-            let matcher = s.matchers[0].clone();
-            index
-                .patterns
-                .entry(key)
-                .or_insert_with(|| PatternGroup {
-                    matcher,
-                    subscribers: Subscribers::default(),
-                })
-                .subscribers
-                .insert(id, s.clone());
+            index.join_group(key, &s.matchers[0], s.clone());
         } else {
             index.scanned.insert(id, s.clone());
         }

@@ -10,25 +10,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
-
 use crate::engine::PresenceStore;
-
-/// Who a client is, as other clients see it (Centrifugo's `ClientInfo`).
-/// `conn_info` and `chan_info` are JSON documents kept as text: they pass
-/// through to every wire format untouched.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClientInfo {
-    /// The user id (`sub` of the connection token; empty when anonymous).
-    pub user: String,
-    /// The connection's client id.
-    pub client: String,
-    /// Connection info from the token (`info` claim), as JSON text.
-    pub conn_info: Option<String>,
-    /// Channel info from the subscription token, as JSON text.
-    pub chan_info: Option<String>,
-}
+use crate::history::ClientInfo;
+use parking_lot::Mutex;
 
 type Clients = HashMap<String, Arc<ClientInfo>>;
 

@@ -281,7 +281,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::hub::{Draft, Publication};
+    use crate::history::{Draft, Publication};
 
     fn publication(data: &'static [u8]) -> Delivery {
         let draft = Draft::to_channel(

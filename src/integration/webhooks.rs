@@ -116,7 +116,7 @@ impl Event {
         Event {
             id: uuid::Uuid::new_v4().to_string(),
             event: kind,
-            time: crate::hub::publication::now_ms(),
+            time: crate::time::now_ms(),
             node: String::new(),
             protocol: "",
             transport: "",
@@ -280,7 +280,7 @@ async fn write(
     settings: Arc<WebhookSettings>,
 ) {
     let mut batch = Vec::new();
-    let mut backoff = crate::engine::Backoff::new();
+    let mut backoff = crate::time::Backoff::default();
     loop {
         if batch.is_empty() {
             let mut events = Vec::new();
@@ -408,7 +408,7 @@ async fn post(
     settings: &WebhookSettings,
     body: Bytes,
 ) -> Result<(), String> {
-    let timestamp = crate::hub::publication::now_ms() / 1000;
+    let timestamp = crate::time::now_ms() / 1000;
     let mut request = client
         .post(url.clone())
         .timeout(settings.timeout)

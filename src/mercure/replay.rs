@@ -14,8 +14,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::history::Publication;
 use crate::history::{History, HistoryError, ReplayPage, Selection};
-use crate::hub::{Filter, Publication};
+use crate::hub::Filter;
 use crate::protocol::mercure::matcher::TopicMatcher;
 use crate::protocol::mercure::EARLIEST;
 

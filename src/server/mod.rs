@@ -364,6 +364,7 @@ pub async fn serve(
         draining: draining.clone(),
     });
     crate::metrics::install();
+    crate::metrics::spawn_upkeep();
     let admin = Arc::new(AdminState {
         node: centrifugo.node.clone(),
         password: settings.admin_password.clone(),

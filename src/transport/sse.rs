@@ -107,7 +107,7 @@ impl EventStream {
             self.next += 1;
             if let Delivery::Publication(p) = d {
                 if p.seq > skip_upto {
-                    return Some(p.sse().clone());
+                    return Some(crate::mercure::event(p).clone());
                 }
             }
         }
@@ -130,7 +130,9 @@ impl Stream for EventStream {
         }
         if let Some(replay) = &mut this.replay {
             match replay.poll_next(cx) {
-                Poll::Ready(Ok(Some(p))) => return Poll::Ready(Some(p.sse().clone())),
+                Poll::Ready(Ok(Some(p))) => {
+                    return Poll::Ready(Some(crate::mercure::event(&p).clone()))
+                }
                 Poll::Ready(Ok(None)) => this.replay = None,
                 Poll::Ready(Err(e)) => {
                     tracing::warn!(error = %e, "replay ended early");

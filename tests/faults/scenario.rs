@@ -198,6 +198,8 @@ fn sets(s: &Scenario, engine_url: Option<&str>) -> Vec<String> {
         format!("history.engine={}", s.engine.name()),
         format!("history.size={}", s.history_size),
         "history.ttl=24h".into(),
+        // Sweeps run during the run, forgetting subscription events.
+        "history.sweep_interval=5s".into(),
         "demo=false".into(),
         format!("mercure.hub_url={HUB_URL}"),
         format!("mercure.key={MERCURE_KEY}"),

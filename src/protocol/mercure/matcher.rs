@@ -173,6 +173,66 @@ impl TopicMatcher {
         format!("{form}:{}", self.raw)
     }
 
+    /// A key that every topic this pattern selects has among its
+    /// [`topic_keys`], so that a publication is tested only against the
+    /// patterns found under its topics' keys rather than against every
+    /// pattern. `None` when no such key is certain (wildcards, patterns
+    /// that begin with a variable part): such a pattern is tested against
+    /// every publication.
+    ///
+    /// - a URI template or a Centrifugo channel pattern: the literal start
+    ///   of the raw topic (up to its last `/` or `:`), since both match the
+    ///   raw string from its first byte;
+    /// - a URL pattern over `http(s)` with a plain literal host: the
+    ///   topic's origin and the literal start of its path, compared on the
+    ///   parsed URL (the topic's spelling may differ: case, default port,
+    ///   dot segments), which is what the pattern is tested against.
+    pub fn index_key(&self) -> Option<String> {
+        match &self.compiled {
+            Compiled::Template(_) => {
+                let literal = &self.raw[..self.raw.find('{')?];
+                Some(format!("r:{}", cut_at_delimiter(literal, b"/:")?))
+            }
+            Compiled::Channel { namespace, .. } if !namespace.is_empty() => {
+                Some(format!("r:{namespace}"))
+            }
+            Compiled::UrlPattern { pattern, .. } => {
+                let protocol = pattern.protocol();
+                let hostname = pattern.hostname();
+                let port = pattern.port();
+                let plain_host = !hostname.is_empty()
+                    && hostname.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-'
+                    });
+                let plain_port = port.bytes().all(|b| b.is_ascii_digit());
+                if !matches!(protocol, "http" | "https") || !plain_host || !plain_port {
+                    return None;
+                }
+                let path = pattern.pathname();
+                let literal_end = path
+                    .bytes()
+                    .position(|b| !(b.is_ascii_alphanumeric() || b"-._~/".contains(&b)))
+                    .unwrap_or(path.len());
+                let path = cut_at_delimiter(&path[..literal_end], b"/").unwrap_or("/");
+                let port = if port.is_empty() {
+                    String::new()
+                } else {
+                    format!(":{port}")
+                };
+                Some(format!("u:{protocol}://{hostname}{port}{path}"))
+            }
+            _ => None,
+        }
+    }
+
+    /// The hub URL a URL pattern resolves topics against.
+    pub fn url_base(&self) -> Option<&Url> {
+        match &self.compiled {
+            Compiled::UrlPattern { base, .. } => Some(base),
+            _ => None,
+        }
+    }
+
     /// The topic this matcher selects when it is a plain byte comparison:
     /// such matchers are found through the hub's exact-topic index instead
     /// of being evaluated against every update.
@@ -216,6 +276,40 @@ impl TopicMatcher {
     pub fn matches_any<'a>(&self, mut topics: impl Iterator<Item = &'a str>) -> bool {
         topics.any(|t| self.matches(t))
     }
+}
+
+/// `s` up to and including its last byte among `delimiters`; `None` when
+/// it has none.
+fn cut_at_delimiter<'a>(s: &'a str, delimiters: &[u8]) -> Option<&'a str> {
+    let end = s.bytes().rposition(|b| delimiters.contains(&b))?;
+    Some(&s[..=end])
+}
+
+/// The keys a topic may be found under by [`TopicMatcher::index_key`]:
+/// each start of the raw topic ending in `/` or `:`, and, when `url_base`
+/// is given and the topic resolves against it to an `http(s)` URL, its
+/// origin followed by each start of its path ending in `/`.
+pub fn topic_keys(topic: &str, url_base: Option<&Url>) -> Vec<String> {
+    let mut keys: Vec<String> = topic
+        .bytes()
+        .enumerate()
+        .filter(|(_, b)| *b == b'/' || *b == b':')
+        .map(|(i, _)| format!("r:{}", &topic[..=i]))
+        .collect();
+    if let Some(url) = url_base.and_then(|base| base.join(topic).ok()) {
+        if let (true, Some(host)) = (matches!(url.scheme(), "http" | "https"), url.host_str()) {
+            let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let origin = format!("u:{}://{host}{port}", url.scheme());
+            let path = url.path();
+            keys.extend(
+                path.bytes()
+                    .enumerate()
+                    .filter(|(_, b)| *b == b'/')
+                    .map(|(i, _)| format!("{origin}{}", &path[..=i])),
+            );
+        }
+    }
+    keys
 }
 
 /// Compiled patterns kept for reuse: compiling one costs up to a
@@ -340,6 +434,66 @@ mod tests {
         let plain = TopicMatcher::channel_pattern("news-*").unwrap();
         assert!(plain.matches("news-sport") && !plain.matches("chat:news-sport"));
         assert!(TopicMatcher::channel_pattern("rooms:(").is_err());
+    }
+
+    /// The index never hides a match: every topic a pattern selects has
+    /// the pattern's index key among its own keys.
+    #[test]
+    fn a_selected_topic_has_the_patterns_index_key() {
+        let b = base();
+        let patterns = [
+            (MatcherType::Urlpattern, "https://example.com/books/:id"),
+            (MatcherType::Urlpattern, "/books/:id"),
+            (MatcherType::Urlpattern, "https://example.com/users/42/*"),
+            (MatcherType::Urlpattern, "https://example.com:8080/b/:id"),
+            (MatcherType::Urlpattern, "https://example.com/:a/:b"),
+            (MatcherType::Urlpattern, "https://example.com/b(ook)?s/:id"),
+            (MatcherType::Urlpattern, "http{s}?://example.com/books/:id"),
+            (MatcherType::Urlpattern, "https://*.example.com/books/:id"),
+            (MatcherType::Legacy, "https://example.com/books/{id}"),
+            (MatcherType::Legacy, "https://example.com/books{/id}"),
+            (MatcherType::Legacy, "{+any}"),
+        ];
+        let topics = [
+            "https://example.com/books/1",
+            "HTTPS://EXAMPLE.COM/books/2",
+            "https://example.com:443/books/3",
+            "https://example.com/x/../books/4",
+            "https://example.com/./books/5",
+            "/books/6",
+            "https://hub.example.com/books/7",
+            "https://example.com/users/42/a/b",
+            "https://example.com:8080/b/8",
+            "https://example.com/bs/9",
+            "http://example.com/books/10",
+            "https://www.example.com/books/11",
+            "https://example.com/books",
+            "https://example.com/books/%41",
+            "urn:example:books:1",
+            "books/12",
+        ];
+        let mut checked = 0;
+        for (kind, raw) in patterns {
+            let m = TopicMatcher::new(kind, raw, &b).unwrap();
+            for topic in topics {
+                if !m.matches(topic) {
+                    continue;
+                }
+                checked += 1;
+                if let Some(key) = m.index_key() {
+                    let keys = topic_keys(topic, m.url_base());
+                    assert!(
+                        keys.contains(&key),
+                        "{raw} selects {topic}: {key} not in {keys:?}"
+                    );
+                }
+            }
+        }
+        let channel = TopicMatcher::channel_pattern("rooms:eu/*").unwrap();
+        assert!(channel.matches("rooms:eu/paris"));
+        let keys = topic_keys("rooms:eu/paris", None);
+        assert!(keys.contains(&channel.index_key().unwrap()));
+        assert!(checked >= 15, "too few matches to mean anything: {checked}");
     }
 
     #[test]

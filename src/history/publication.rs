@@ -2,29 +2,29 @@
 //!
 //! Publications are shared as `Arc<Publication>` by every subscriber that
 //! receives them, and each wire encoding is computed at most once, on first
-//! use, then shared as `Bytes` (the encode-once rule of the data path).
+//! use, then shared as `Bytes` (the encode-once rule of the data path). The
+//! encodings themselves belong to the protocols (`mercure`, `centrifugo`):
+//! here is only one cell per wire format.
 
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::centrifuge::{self, Encoding};
-use crate::protocol::mercure::sse;
-
-/// A client's info in the protocol's form.
-pub fn client_info(info: &super::ClientInfo) -> centrifuge::ClientInfo {
-    let raw = |v: &Option<String>| {
-        v.as_ref()
-            .map(|t| Bytes::from(t.clone()))
-            .unwrap_or_default()
-    };
-    centrifuge::ClientInfo {
-        user: info.user.clone(),
-        client: info.client.clone(),
-        conn_info: raw(&info.conn_info),
-        chan_info: raw(&info.chan_info),
-    }
+/// Who a client is, as other clients see it (Centrifugo's `ClientInfo`):
+/// the publisher of a client publication, a member of a channel's presence.
+/// `conn_info` and `chan_info` are JSON documents kept as text: they pass
+/// through to every wire format untouched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// The user id (`sub` of the connection token; empty when anonymous).
+    pub user: String,
+    /// The connection's client id.
+    pub client: String,
+    /// Connection info from the token (`info` claim), as JSON text.
+    pub conn_info: Option<String>,
+    /// Channel info from the subscription token, as JSON text.
+    pub chan_info: Option<String>,
 }
 
 /// What a publisher asks to publish, before history positions it.
@@ -45,7 +45,7 @@ pub struct Draft {
     /// Only subscribers authorized for one of its topics may receive it.
     pub private: bool,
     /// The publishing client, when a client (not a backend) published it.
-    pub info: Option<super::ClientInfo>,
+    pub info: Option<ClientInfo>,
     /// Publisher-supplied tags (Centrifugo).
     pub tags: std::collections::BTreeMap<String, String>,
 }
@@ -56,7 +56,7 @@ impl Draft {
     pub fn to_channel(
         channel: String,
         data: Bytes,
-        info: Option<super::ClientInfo>,
+        info: Option<ClientInfo>,
         tags: std::collections::BTreeMap<String, String>,
     ) -> Draft {
         Draft {
@@ -73,6 +73,24 @@ impl Draft {
     }
 }
 
+/// The wire formats a publication is sent in: each has one cell, filled
+/// once by the protocol that speaks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// A Mercure SSE event.
+    Sse,
+    /// A Centrifugo publication push, JSON.
+    CentrifugeJson,
+    /// A Centrifugo publication push, Protobuf.
+    CentrifugeProtobuf,
+    /// The JSON push as a permessage-deflate piece.
+    CentrifugeJsonDeflated,
+    /// The Protobuf push as a permessage-deflate piece.
+    CentrifugeProtobufDeflated,
+}
+
+const WIRES: usize = 5;
+
 /// A stored, positioned publication.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Publication {
@@ -87,15 +105,7 @@ pub struct Publication {
     /// The update itself.
     pub draft: Draft,
     #[serde(skip)]
-    sse: OnceLock<Bytes>,
-    #[serde(skip)]
-    centrifuge_json: OnceLock<Bytes>,
-    #[serde(skip)]
-    centrifuge_protobuf: OnceLock<Bytes>,
-    #[serde(skip)]
-    centrifuge_json_deflated: OnceLock<Bytes>,
-    #[serde(skip)]
-    centrifuge_protobuf_deflated: OnceLock<Bytes>,
+    encoded: [OnceLock<Bytes>; WIRES],
 }
 
 impl Publication {
@@ -107,11 +117,7 @@ impl Publication {
             epoch,
             time_ms,
             draft,
-            sse: OnceLock::new(),
-            centrifuge_json: OnceLock::new(),
-            centrifuge_protobuf: OnceLock::new(),
-            centrifuge_json_deflated: OnceLock::new(),
-            centrifuge_protobuf_deflated: OnceLock::new(),
+            encoded: Default::default(),
         }
     }
 
@@ -131,64 +137,10 @@ impl Publication {
         &self.draft.id
     }
 
-    /// The `text/event-stream` encoding, computed once and shared.
-    pub fn sse(&self) -> &Bytes {
-        self.sse.get_or_init(|| {
-            sse::encode(&sse::Event {
-                id: &self.draft.id,
-                event_type: self.draft.event_type.as_deref(),
-                retry: self.draft.retry,
-                data: &String::from_utf8_lossy(&self.draft.data),
-            })
-        })
-    }
-
-    /// The publication as the Centrifugo protocol's publication object.
-    pub fn to_centrifuge(&self, encoding: Encoding) -> centrifuge::Publication {
-        let d = &self.draft;
-        centrifuge::Publication {
-            data: match encoding {
-                Encoding::Json => centrifuge::json_payload(&d.data),
-                Encoding::Protobuf => d.data.clone(),
-            },
-            info: d.info.as_ref().map(client_info),
-            offset: self.offset,
-            tags: d.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            ..Default::default()
-        }
-    }
-
-    /// The Centrifugo publication push for this publication's channel,
-    /// encoded once per encoding and shared by every WebSocket receiver.
-    pub fn centrifuge_push(&self, encoding: Encoding) -> &Bytes {
-        let cell = match encoding {
-            Encoding::Json => &self.centrifuge_json,
-            Encoding::Protobuf => &self.centrifuge_protobuf,
-        };
-        cell.get_or_init(|| {
-            let reply = centrifuge::Reply {
-                push: Some(centrifuge::Push {
-                    channel: self.draft.channel.clone(),
-                    publication: Some(self.to_centrifuge(encoding)),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            centrifuge::encode(encoding, &reply)
-        })
-    }
-
-    /// [`Publication::centrifuge_push`] as a permessage-deflate piece,
-    /// compressed once at `level` (the level is the same for the whole hub)
-    /// and shared by every WebSocket receiver that agreed to compression.
-    pub fn centrifuge_push_deflated(&self, encoding: Encoding, level: u32) -> &Bytes {
-        let cell = match encoding {
-            Encoding::Json => &self.centrifuge_json_deflated,
-            Encoding::Protobuf => &self.centrifuge_protobuf_deflated,
-        };
-        cell.get_or_init(|| {
-            crate::protocol::websocket::deflate::piece(self.centrifuge_push(encoding), level)
-        })
+    /// Its encoding for `wire`: made by `encode` the first time, shared
+    /// after.
+    pub fn encoded(&self, wire: Wire, encode: impl FnOnce(&Publication) -> Bytes) -> &Bytes {
+        self.encoded[wire as usize].get_or_init(|| encode(self))
     }
 
     /// Serializes for a durable store.
@@ -200,14 +152,6 @@ impl Publication {
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         postcard::from_bytes(bytes).ok()
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -236,8 +180,15 @@ mod tests {
         let q = Publication::from_bytes(&p.to_bytes()).unwrap();
         assert_eq!((q.seq, q.offset, &*q.epoch, q.time_ms), (7, 3, "e1", 42));
         assert_eq!(q.draft, p.draft);
-        assert!(std::ptr::eq(p.sse().as_ptr(), p.sse().as_ptr()));
-        assert_eq!(&p.sse()[..], b"id: urn:uuid:1\ndata: x\ndata: y\n\n");
+        let mut calls = 0;
+        let mut encode = |_: &Publication| {
+            calls += 1;
+            Bytes::from_static(b"encoded")
+        };
+        let first = p.encoded(Wire::Sse, &mut encode).as_ptr();
+        let again = p.encoded(Wire::Sse, &mut encode).as_ptr();
+        assert!(std::ptr::eq(first, again));
+        assert_eq!(calls, 1);
         assert_eq!(p.topics().collect::<Vec<_>>(), vec!["a", "b"]);
     }
 }
