@@ -41,23 +41,6 @@ pub struct LimitSettings {
     pub queue_bytes: usize,
 }
 
-impl Default for LimitSettings {
-    fn default() -> Self {
-        LimitSettings {
-            max_connections: None,
-            max_connections_per_ip: None,
-            max_connections_per_user: None,
-            max_streams: 256,
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(120),
-            write_timeout: Duration::from_secs(10),
-            publish_rate: None,
-            api_publish_rate: None,
-            queue_bytes: 16 << 20,
-        }
-    }
-}
-
 /// Which limit refused something: the metric label and the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {

@@ -25,9 +25,6 @@ use axum::response::Response;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::centrifugo::Node;
-use crate::hub::Hub;
-
 /// Latency buckets, in seconds: 100 µs to 10 s.
 const SECONDS_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -200,24 +197,46 @@ fn describe() {
 
 /// The Prometheus text exposition of every metric, with the hub's
 /// counters and snapshots brought up to date first.
-pub fn render(hub: &Hub, node: &Node) -> String {
+pub fn render(now: &Figures) -> String {
     let Some(handle) = HANDLE.get().and_then(Option::as_ref) else {
         return String::new();
     };
-    let stats = hub.stats();
-    counter!("tidings_publications_total").absolute(stats.publications);
-    counter!("tidings_deliveries_total").absolute(stats.deliveries);
-    counter!("tidings_delivery_drops_total").absolute(stats.drops);
-    counter!("tidings_slow_consumer_disconnects_total").absolute(stats.slow_disconnects);
-    gauge!("tidings_subscriptions").set(stats.subscribers as f64);
-    gauge!("tidings_channels").set(hub.channel_count() as f64);
-    let (queued, deepest) = hub.queue_depths();
-    gauge!("tidings_delivery_queue_depth").set(queued as f64);
-    gauge!("tidings_delivery_queue_depth_max").set(deepest as f64);
-    let (clients, users) = node.counts();
-    gauge!("tidings_centrifugo_clients").set(clients as f64);
-    gauge!("tidings_centrifugo_users").set(users as f64);
+    counter!("tidings_publications_total").absolute(now.publications);
+    counter!("tidings_deliveries_total").absolute(now.deliveries);
+    counter!("tidings_delivery_drops_total").absolute(now.drops);
+    counter!("tidings_slow_consumer_disconnects_total").absolute(now.slow_disconnects);
+    gauge!("tidings_subscriptions").set(now.subscriptions as f64);
+    gauge!("tidings_channels").set(now.channels as f64);
+    gauge!("tidings_delivery_queue_depth").set(now.queued as f64);
+    gauge!("tidings_delivery_queue_depth_max").set(now.deepest as f64);
+    gauge!("tidings_centrifugo_clients").set(now.clients as f64);
+    gauge!("tidings_centrifugo_users").set(now.users as f64);
     handle.render()
+}
+
+/// What the hub counts itself, read when `/metrics` is asked.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Figures {
+    /// Publications accepted since start.
+    pub publications: u64,
+    /// Publications queued to subscribers since start.
+    pub deliveries: u64,
+    /// Publications not queued because a queue was full.
+    pub drops: u64,
+    /// Subscribers dropped for not keeping up.
+    pub slow_disconnects: u64,
+    /// Live subscriptions.
+    pub subscriptions: usize,
+    /// Channels with subscribers.
+    pub channels: usize,
+    /// Deliveries waiting in all queues.
+    pub queued: usize,
+    /// Deliveries waiting in the fullest queue.
+    pub deepest: usize,
+    /// Centrifugo connections.
+    pub clients: usize,
+    /// Distinct users among them.
+    pub users: usize,
 }
 
 /// Counts a connection while it lives.
@@ -278,17 +297,18 @@ pub fn engine_reset(engine: &'static str, why: &str) {
     remember("engine reset", format!("{engine}: {why}"));
 }
 
-/// Records a proxy request and its result.
+/// Records a proxy request and its result: `ok`, or the failure's label
+/// and message.
 pub fn proxy_call(
     proxy: &'static str,
     took: std::time::Duration,
-    error: Option<&crate::integration::proxy::ProxyError>,
+    failure: Option<(&'static str, String)>,
 ) {
-    let result = error.map_or("ok", |e| e.label());
+    let result = failure.as_ref().map_or("ok", |(label, _)| label);
     counter!("tidings_proxy_requests_total", "proxy" => proxy, "result" => result).increment(1);
     histogram!("tidings_proxy_request_seconds", "proxy" => proxy).record(took.as_secs_f64());
-    if let Some(e) = error {
-        remember("proxy failure", format!("{proxy}: {e}"));
+    if let Some((_, message)) = failure {
+        remember("proxy failure", format!("{proxy}: {message}"));
     }
 }
 

@@ -903,7 +903,8 @@ fn seq_of_a_repeated_id_is_its_earliest_stored() -> Result<(), HistoryError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let retention = RetentionPolicy::uniform(Retention {
             size: 1,
-            ..Retention::default()
+            ttl: Duration::from_secs(24 * 3600),
+            meta_ttl: Duration::from_secs(24 * 3600),
         });
         let mut problems = Vec::new();
         for (name, h) in both_stores(retention, dir.path()) {
@@ -941,7 +942,11 @@ fn memory_replay_from_the_newest_is_empty() -> Result<(), HistoryError> {
     block_on(async {
         let url = url::Url::parse(HUB_URL).expect("hub url");
         let x = TopicMatcher::new(MatcherType::Exact, "x", &url).expect("matcher");
-        let h = MemoryHistory::new(RetentionPolicy::default());
+        let h = MemoryHistory::new(RetentionPolicy::uniform(Retention {
+            size: 1000,
+            ttl: Duration::from_secs(3600),
+            meta_ttl: Duration::from_secs(3600),
+        }));
         h.append(vec![plain("a", &["x"], None)]).await?; // seq 1, also on x
         let page = h.replay(Arc::new(Selection::new(&[x])), 1, 1, 100).await?;
         assert!(page.publications.is_empty());

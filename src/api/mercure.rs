@@ -18,13 +18,13 @@ use serde_json::{json, Value};
 
 use crate::auth::grants::DETAIL_TYPE;
 use crate::auth::{AuthError, Grants, Role, Verifier};
-use crate::config::MercureSettings;
 use crate::history::{Draft, Publication};
 use crate::hub::{Filter, Hub};
 use crate::integration::proxy::{Decision, Proxy};
 use crate::integration::webhooks::{Event, EventKind, Webhooks};
 use crate::limits::KeyedRateLimiter;
 use crate::mercure::replay::{Replay, Start};
+use crate::mercure::settings::MercureSettings;
 use crate::protocol::mercure::matcher::{MatcherType, TopicMatcher};
 use crate::protocol::mercure::request::{self, RequestError};
 use crate::protocol::mercure::subscription::{self, SubscriptionDoc};

@@ -257,7 +257,10 @@ async fn deliver(
     for d in batch.drain(..) {
         match d {
             _ if result.is_err() => {}
-            Delivery::Control(control) => {
+            Delivery::Control(bytes) => {
+                let Some(control) = super::Control::from_bytes(&bytes) else {
+                    continue;
+                };
                 result = Box::pin(session.control(control, out).instrument(span.clone())).await
             }
             d => result = session.push(d, out),

@@ -13,6 +13,7 @@
 pub mod connection;
 pub mod encode;
 pub mod session;
+pub mod settings;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -22,12 +23,12 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::auth::jwt::TrustedKey;
-use crate::config::CentrifugoSettings;
 use crate::hub::{Delivery, Hub, Offer, Sink};
 use crate::integration::proxy::Proxy;
 use crate::integration::webhooks::Webhooks;
 use crate::limits::{KeyedRateLimiter, LimitSettings, Refusal};
 use crate::protocol::centrifuge::outbox::Framing;
+use settings::CentrifugoSettings;
 
 /// The transports a Centrifugo client connects over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -138,8 +139,9 @@ impl Drop for EmulationInbox {
     }
 }
 
-/// Something the server asks a live connection to do.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// Something the server asks a live connection to do. The hub and the
+/// engines carry it as bytes ([`Control::to_bytes`]) without reading it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Control {
     /// Subscribe to a channel (server-side subscription).
     Subscribe(String),
@@ -149,6 +151,18 @@ pub enum Control {
     Disconnect(u16, String),
     /// Change when the connection expires (None: never).
     Refresh(Option<u64>),
+}
+
+impl Control {
+    /// The bytes the hub carries.
+    pub fn to_bytes(&self) -> bytes::Bytes {
+        bytes::Bytes::from(postcard::to_stdvec(self).unwrap_or_default())
+    }
+
+    /// Reads back [`Control::to_bytes`] (None: not a control).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Control> {
+        postcard::from_bytes(bytes).ok()
+    }
 }
 
 /// A registered connection: controls reach it through its queue.
@@ -212,9 +226,11 @@ impl Node {
         // Commands other nodes broadcast reach this node's connections.
         let weak = Arc::downgrade(&node);
         node.hub.on_control(Box::new(move |user, client, control| {
-            if let Some(node) = weak.upgrade() {
-                node.control(user, client, control);
-            }
+            let (Some(node), Some(control)) = (weak.upgrade(), Control::from_bytes(&control))
+            else {
+                return;
+            };
+            node.control(user, client, control);
         }));
         Ok(node)
     }
@@ -294,7 +310,7 @@ impl Node {
     /// Sends `control` to the user's connections on every node (the server
     /// API's `subscribe`, `unsubscribe`, `disconnect`, `refresh`).
     pub fn control_everywhere(&self, user: &str, client: Option<&str>, control: Control) {
-        self.hub.broadcast_control(user, client, control.clone());
+        self.hub.broadcast_control(user, client, control.to_bytes());
         self.control(user, client, control);
     }
 
@@ -322,7 +338,7 @@ impl Node {
         };
         targets
             .into_iter()
-            .filter(|t| t.offer(Delivery::Control(control.clone())) == Offer::Queued)
+            .filter(|t| t.offer(Delivery::Control(control.to_bytes())) == Offer::Queued)
             .count()
     }
 

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::encode::{self, client_info};
+use super::settings::Namespace;
 use super::{Control, Node, Transport};
 use crate::auth::centrifugo::{self as tokens, TokenError};
-use crate::config::Namespace;
 use crate::history::{ClientInfo, Draft, Publication};
 use crate::hub::{Delivery, Filter, Sink, SubscriptionHandle};
 use crate::integration::proxy::{self as backend, Decision, Payload};

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::auth::grants::DETAIL_TYPE;
 use crate::auth::jwt;
-use crate::config::MercureSettings;
+use crate::mercure::settings::MercureSettings;
 use crate::protocol::mercure::{form, sse};
 
 /// A client-side failure.

@@ -83,8 +83,9 @@ pub enum ClusterEvent {
         user: String,
         /// One client of the user, or all of them.
         client: Option<String>,
-        /// What to do.
-        control: crate::centrifugo::Control,
+        /// What to do, encoded by the protocol that asks it (the engine
+        /// and the hub only carry it).
+        control: bytes::Bytes,
     },
 }
 

@@ -436,6 +436,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::history::Retention;
     use crate::protocol::mercure::matcher::{MatcherType, TopicMatcher};
 
     fn draft(channel: &str) -> Draft {
@@ -482,10 +483,12 @@ mod tests {
         );
         // Forgetting an ephemeral channel draws no new base epoch.
         let base = rings.epoch_base.clone();
-        let policy = RetentionPolicy {
-            ephemeral_prefix: Some("/sub/".into()),
-            ..Default::default()
-        };
+        let mut policy = RetentionPolicy::uniform(Retention {
+            size: 1000,
+            ttl: std::time::Duration::from_secs(3600),
+            meta_ttl: std::time::Duration::from_secs(3600),
+        });
+        policy.ephemeral_prefix = Some("/sub/".into());
         let removed = rings.sweep(120_000, &policy);
         assert_eq!(removed, EPHEMERAL_KEPT);
         assert_eq!(rings.epoch_base, base);

@@ -46,23 +46,13 @@ pub struct Retention {
     pub meta_ttl: Duration,
 }
 
-impl Default for Retention {
-    fn default() -> Self {
-        Retention {
-            size: 1000,
-            ttl: Duration::from_secs(24 * 3600),
-            meta_ttl: Duration::from_secs(30 * 24 * 3600),
-        }
-    }
-}
-
 /// Ephemeral publications kept in all (the oldest go first): under a storm
 /// of connections, subscription events cost a bounded amount of memory.
 pub const EPHEMERAL_KEPT: usize = 10_000;
 
 /// Retention per channel: the default, overridden by namespace (`name:`
 /// prefix) where the configuration says so.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RetentionPolicy {
     /// Retention of channels without an overriding namespace.
     pub default: Retention,

@@ -8,7 +8,7 @@
 //! quiet spell still goes out at once.
 //!
 //! One clock serves the whole hub. Holding and releasing happen in the
-//! queue ([`Sink`]): an offer to a held queue does not wake its writer, and
+//! queue ([`Sink`](super::Sink)): an offer to a held queue does not wake its writer, and
 //! a tick wakes only the held writers that have something to write. A busy
 //! connection therefore costs one wake-up per write and no timer of its
 //! own, whatever the number of publications it receives.
@@ -20,12 +20,16 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::MissedTickBehavior;
 
-use super::sink::Sink;
+/// A queue the clock holds until its next tick.
+pub trait Held: Send + Sync {
+    /// The tick came: the queue is no longer held.
+    fn release(&self);
+}
 
 /// Ticks every `hub.write_interval`, releasing the queues held since the
 /// previous tick.
 pub struct WriteClock {
-    held: Mutex<Vec<Arc<Sink>>>,
+    held: Mutex<Vec<Arc<dyn Held>>>,
     /// Wakes the ticking task when a queue is held after an idle spell
     /// (and when the clock is dropped, so that the task ends).
     work: Arc<Notify>,
@@ -44,7 +48,7 @@ impl WriteClock {
     }
 
     /// Releases `sink` at the next tick.
-    pub(crate) fn hold(&self, sink: Arc<Sink>) {
+    pub(crate) fn hold(&self, sink: Arc<dyn Held>) {
         let mut held = self.held.lock();
         held.push(sink);
         if held.len() == 1 {

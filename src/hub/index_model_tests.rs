@@ -29,7 +29,7 @@ use super::{
     SLOW_CONSUMER,
 };
 use crate::history::memory::MemoryHistory;
-use crate::history::RetentionPolicy;
+use crate::history::{Retention, RetentionPolicy};
 use crate::protocol::mercure::matcher::{MatcherType, TopicMatcher};
 
 /// Topics publications go to (channel or alternate).
@@ -253,7 +253,11 @@ async fn settle(hub: &Hub, probe: &Arc<Sink>, seq: u64) {
 }
 
 async fn run(capacity: usize, max_bytes: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let history = Arc::new(MemoryHistory::new(RetentionPolicy::default()));
+    let history = Arc::new(MemoryHistory::new(RetentionPolicy::uniform(Retention {
+        size: 1000,
+        ttl: Duration::from_secs(3600),
+        meta_ttl: Duration::from_secs(3600),
+    })));
     let options = HubOptions {
         queue_capacity: capacity,
         queue_bytes: max_bytes,

@@ -27,12 +27,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::centrifugo::Control;
 use crate::engine::{Broker, ClusterEvent, Engine, Envelope, Feed};
 use crate::history::{ClientInfo, Draft, History, Publication};
 use crate::protocol::mercure::matcher::{topic_keys, TopicMatcher};
@@ -85,18 +85,6 @@ pub struct HubOptions {
     pub write_interval: Duration,
 }
 
-impl Default for HubOptions {
-    fn default() -> Self {
-        HubOptions {
-            queue_capacity: 4096,
-            queue_bytes: 16 << 20,
-            max_batch: 512,
-            sweep_interval: Duration::from_secs(60),
-            write_interval: Duration::from_millis(20),
-        }
-    }
-}
-
 /// What a connection's queue carries.
 #[derive(Debug, Clone)]
 pub enum Delivery {
@@ -107,7 +95,7 @@ pub enum Delivery {
     /// A client left a channel.
     Leave(Arc<str>, Arc<ClientInfo>),
     /// A server API command for this connection (Centrifugo).
-    Control(Control),
+    Control(Bytes),
 }
 
 struct Subscriber {
@@ -437,7 +425,7 @@ pub struct HubStats {
 
 /// Receives server API commands other nodes broadcast (set by the
 /// Centrifugo node: user, client, command).
-pub type ControlHandler = Box<dyn Fn(&str, Option<&str>, Control) + Send + Sync>;
+pub type ControlHandler = Box<dyn Fn(&str, Option<&str>, Bytes) + Send + Sync>;
 
 /// This node's place in a cluster sharing an engine.
 struct Cluster {
@@ -659,7 +647,7 @@ impl Hub {
     }
 
     /// Sends a server API command to the other nodes (no-op on one node).
-    pub fn broadcast_control(&self, user: &str, client: Option<&str>, control: Control) {
+    pub fn broadcast_control(&self, user: &str, client: Option<&str>, control: Bytes) {
         self.broadcast(ClusterEvent::Control {
             user: user.to_owned(),
             client: client.map(str::to_owned),

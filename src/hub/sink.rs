@@ -27,7 +27,7 @@ use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
-use super::clock::WriteClock;
+use super::clock::{Held, WriteClock};
 use super::{Delivery, SLOW_CONSUMER};
 
 /// Batches kept above this capacity are released after use, so a burst
@@ -252,10 +252,12 @@ impl Sink {
         drop(q);
         clock.hold(self.clone());
     }
+}
 
+impl Held for Sink {
     /// The clock ticked: no longer held; the writer is woken if something
     /// waits for it.
-    pub(crate) fn release(&self) {
+    fn release(&self) {
         let mut q = self.state.lock();
         q.held = false;
         let waiting = if q.items.is_empty() {
@@ -268,7 +270,9 @@ impl Sink {
             w.wake();
         }
     }
+}
 
+impl Sink {
     /// Waits for deliveries and moves them into `batch` (see
     /// [`Sink::poll_take`]).
     pub async fn take(&self, batch: &mut Vec<Delivery>) -> Result<(), &'static str> {

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
-use super::clock::WriteClock;
+use super::clock::{Held, WriteClock};
 use super::sink::{OpenSinks, Sink};
 use super::{ClientInfo, Delivery, Draft, Offer, Publication, SLOW_CONSUMER};
 

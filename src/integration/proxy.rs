@@ -393,7 +393,8 @@ impl Proxy {
     ) -> Result<Decision<T>, ProxyError> {
         let started = std::time::Instant::now();
         let result = self.post(endpoint, request, headers).await;
-        crate::metrics::proxy_call(kind, started.elapsed(), result.as_ref().err());
+        let failure = result.as_ref().err().map(|e| (e.label(), e.to_string()));
+        crate::metrics::proxy_call(kind, started.elapsed(), failure);
         if let Err(e) = &result {
             tracing::warn!(proxy = kind, %endpoint, error = %e, "proxy request failed");
         }

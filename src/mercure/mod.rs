@@ -2,6 +2,7 @@
 //! before its live stream.
 
 pub mod replay;
+pub mod settings;
 
 use bytes::Bytes;
 

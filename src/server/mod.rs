@@ -252,9 +252,29 @@ async fn metrics(State(state): State<Arc<CentrifugoState>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(&state.node.hub, &state.node),
+        crate::metrics::render(&figures(&state.node)),
     )
         .into_response()
+}
+
+/// The hub's and the node's own counts, for `/metrics`.
+fn figures(node: &crate::centrifugo::Node) -> crate::metrics::Figures {
+    let hub = &node.hub;
+    let stats = hub.stats();
+    let (queued, deepest) = hub.queue_depths();
+    let (clients, users) = node.counts();
+    crate::metrics::Figures {
+        publications: stats.publications,
+        deliveries: stats.deliveries,
+        drops: stats.drops,
+        slow_disconnects: stats.slow_disconnects,
+        subscriptions: stats.subscribers,
+        channels: hub.channel_count(),
+        queued,
+        deepest,
+        clients,
+        users,
+    }
 }
 
 fn cors(origins: &[String]) -> Option<CorsLayer> {
