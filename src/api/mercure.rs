@@ -30,7 +30,7 @@ use crate::protocol::mercure::request::{self, RequestError};
 use crate::protocol::mercure::subscription::{self, SubscriptionDoc};
 use crate::protocol::mercure::{form, EARLIEST, RESERVED_EVENT_TYPE};
 use crate::transport::live::LiveBody;
-use crate::transport::sse::{EventStream, StreamOptions};
+use crate::transport::mercure::{EventStream, StreamOptions};
 
 /// Legacy cookie name of pre-standardization hubs.
 const LEGACY_COOKIE: &str = "mercureAuthorization";
@@ -382,8 +382,9 @@ async fn subscribe_inner(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    let sink = subscription.sink;
     let stream = EventStream::new(
-        subscription,
+        subscription.handle,
         replay,
         StreamOptions {
             heartbeat: s.heartbeat,
@@ -392,7 +393,8 @@ async fn subscribe_inner(
         },
         guard,
     );
-    let mut res = LiveBody::response("sse", stream);
+    let mut res =
+        LiveBody::response(move |body| crate::transport::mercure::run(stream, sink, body));
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -3,14 +3,17 @@
 //!
 //! - [`session::Session`]: one client connection — commands in, replies
 //!   and pushes out — independent of the transport that carries the frames.
-//! - [`connection`]: the loop that drives a session over any [`Transport`]
-//!   (WebSocket, HTTP streaming, SSE, and their unidirectional forms).
+//! - [`encode`]: publications in the protocol's form, encoded once.
+//! - [`settings`]: what connections, the server API and namespaces may do.
 //! - [`Node`]: what sessions and the server API share: the hub, the
 //!   settings, the token key, the registry of live connections (by client
 //!   id and by user) through which the API reaches them, and the inboxes of
 //!   emulated connections (whose commands arrive by `POST /emulation`).
+//!
+//! The connection loop that drives a session over any [`Transport`]
+//! (WebSocket, HTTP streaming, SSE, and their unidirectional forms) is the
+//! transport layer's pump (`transport::centrifugo`).
 
-pub mod connection;
 pub mod encode;
 pub mod session;
 pub mod settings;

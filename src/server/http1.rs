@@ -33,7 +33,8 @@ use tokio::net::TcpStream;
 use tower::ServiceExt;
 
 use crate::protocol::http1::{self, FirstRequest, Framing};
-use crate::transport::live::{Chunks, Live, LiveBody, OnUpgrade, Socket, Upgrade};
+use crate::transport::body::Body as LiveWire;
+use crate::transport::live::{LiveBody, OnBody, OnUpgrade, Socket, Upgrade};
 use crate::transport::writer::{self, WriteError};
 
 /// What a first request needs from the connection it came on.
@@ -61,9 +62,13 @@ pub(super) async fn serve_first(mut stream: TcpStream, conn: Conn) -> Option<(Tc
             on_upgrade(Socket::Tcp(stream), read_ahead).await;
             None
         }
-        Answered::Streaming((chunks, transport)) => {
+        Answered::Live(run) => {
+            run(LiveWire::socket(stream, stall_timeout)).await;
+            None
+        }
+        Answered::Streaming(chunks) => {
             if write_chunks(&mut stream, chunks, stall_timeout).await == Err(WriteError::Stalled) {
-                crate::metrics::write_stalled(transport);
+                crate::metrics::write_stalled("stream");
             }
             None
         }
@@ -77,8 +82,10 @@ enum Answered {
     Hyper(Bytes),
     /// The head of a 101 is out: run the protocol on the socket.
     Upgraded(OnUpgrade, Bytes),
-    /// The head is out: write these chunks.
-    Streaming(Live),
+    /// The head is out: the connection's pump writes the body.
+    Live(OnBody),
+    /// The head is out: write these chunks (any other streaming body).
+    Streaming(Chunks),
     /// Nothing: the client went away.
     Closed,
 }
@@ -109,8 +116,13 @@ async fn answer(stream: &mut TcpStream, conn: Conn) -> Answered {
             };
         }
     }
-    let live: Live = match live {
-        Some(live) => live,
+    let chunks: Chunks = match live {
+        Some(run) => {
+            return match write_head(stream, &head, Framing::Chunked).await {
+                Ok(()) => Answered::Live(run),
+                Err(_) => Answered::Closed,
+            }
+        }
         None => match body.size_hint().exact() {
             Some(len) => {
                 // A short answer (an error, usually); hyper serves the rest.
@@ -127,18 +139,15 @@ async fn answer(stream: &mut TcpStream, conn: Conn) -> Answered {
                 };
             }
             // Any other streaming body ends at its first error.
-            None => (
-                Box::pin(
-                    body.into_data_stream()
-                        .take_while(|frame| std::future::ready(frame.is_ok()))
-                        .map(Result::unwrap_or_default),
-                ),
-                "stream",
+            None => Box::pin(
+                body.into_data_stream()
+                    .take_while(|frame| std::future::ready(frame.is_ok()))
+                    .map(Result::unwrap_or_default),
             ),
         },
     };
     match write_head(stream, &head, Framing::Chunked).await {
-        Ok(()) => Answered::Streaming(live),
+        Ok(()) => Answered::Streaming(chunks),
         Err(_) => Answered::Closed,
     }
 }
@@ -184,7 +193,12 @@ enum Ready {
     Gone,
 }
 
-/// Writes a live body until it ends (then the terminating chunk) or the
+/// The chunks of a streaming body that is not a live one (none of the
+/// hub's own endpoints answers with one; kept so that any other handler's
+/// stream is still served on this path).
+type Chunks = std::pin::Pin<Box<dyn futures::Stream<Item = Bytes> + Send>>;
+
+/// Writes a streaming body until it ends (then the terminating chunk) or the
 /// client goes away or stops reading. Everything ready at once is one
 /// HTTP/1.1 chunk, written by one `writev` straight from the pieces
 /// (shared event bytes, never copied).

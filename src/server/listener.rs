@@ -193,6 +193,7 @@ impl Connection {
             _admitted: admitted,
         };
         let (router, peer, upgrades) = (self.router, self.peer, self.upgrades);
+        let write_timeout = self.write_timeout;
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let router = router.clone();
             let upgrades = upgrades.clone();
@@ -213,7 +214,7 @@ impl Connection {
                         }
                     });
                 }
-                Ok(LiveBody::into_hyper(res))
+                Ok(LiveBody::into_hyper(res, write_timeout, &upgrades))
             }
         });
         let conn = self

@@ -13,33 +13,29 @@
 //! session id and node name of its connect reply. `/connection/sse` and
 //! `/connection/uni_sse` also accept the frame as a POST body.
 //!
-//! The response body is fed by a bounded channel from the connection task
-//! (`centrifugo::connection`), so a client that reads slowly holds the
-//! task back, which leaves deliveries in the hub queue, which disconnects
-//! it as a slow consumer: the same rule as every other transport.
+//! The response body is written by the connection's pump itself (a
+//! [`Body`]: straight to the socket on plain HTTP/1.1, through hyper
+//! otherwise), with the write deadline and slow-consumer rules of every
+//! other transport.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
+use super::body::Body;
+use super::centrifugo::{self as connection, Start};
 use super::live::LiveBody;
+use super::pump::{Batch, Close, Inbound, Wire};
+use super::writer::WriteError;
 use super::{origin_allowed, CentrifugoState, ConnectQuery};
-use crate::centrifugo::connection::{self, Inbound, Start, Wire};
 use crate::centrifugo::{EmulationInbox, Transport};
-use crate::protocol::centrifuge::outbox::{Framing, Payload};
+use crate::protocol::centrifuge::outbox::Framing;
 use crate::protocol::centrifuge::{resume, Encoding};
-
-/// Output batches buffered between the connection task and the socket.
-const BODY_BUFFER: usize = 16;
 
 /// `POST /connection/http_stream`.
 pub async fn http_stream(
@@ -153,7 +149,6 @@ async fn open_stream(
         None if transport.unidirectional() => uuid::Uuid::new_v4().to_string(),
         None => String::new(),
     };
-    let (tx, rx) = mpsc::channel(BODY_BUFFER);
     let start = Start {
         transport,
         encoding,
@@ -164,23 +159,14 @@ async fn open_stream(
         headers: forwarded,
         compression: None,
     };
-    let wire = StreamWire {
-        closed: Box::pin({
-            let tx = tx.clone();
-            async move { tx.closed().await }
-        }),
-        tx,
-        inbox,
-        transport,
-        stall: node.limits.write_timeout,
-    };
-    tokio::spawn(connection::run(wire, node.clone(), start));
+    let node = node.clone();
     let content_type = match (event_stream, encoding) {
         (true, _) => "text/event-stream; charset=utf-8",
         (false, Encoding::Json) => "application/json",
         (false, Encoding::Protobuf) => "application/octet-stream",
     };
-    let mut response = LiveBody::response(transport.name(), receiver_stream(rx));
+    let mut response =
+        LiveBody::response(move |body| connection::run(Emulated { body, inbox }, node, start));
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(
@@ -192,26 +178,17 @@ async fn open_stream(
     response
 }
 
-fn receiver_stream(mut rx: mpsc::Receiver<Bytes>) -> impl futures::Stream<Item = Bytes> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-/// A streamed HTTP response (plus, when emulated, the inbox of commands
-/// posted to `/emulation`) as a connection's wire.
-struct StreamWire {
-    tx: mpsc::Sender<Bytes>,
-    /// Resolves when the response body is dropped (the client went away).
-    closed: Pin<Box<dyn Future<Output = ()> + Send>>,
+/// A response body (plus, when emulated, the inbox of commands posted to
+/// `/emulation`) as a connection's wire.
+struct Emulated {
+    body: Body,
     inbox: Option<EmulationInbox>,
-    transport: Transport,
-    /// `limits.write_timeout`: the body must take a batch within this.
-    stall: Duration,
 }
 
-impl Wire for StreamWire {
+impl Wire for Emulated {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
-        if self.closed.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Inbound::Gone);
+        if let Poll::Ready(gone) = self.body.poll_recv(cx) {
+            return Poll::Ready(gone);
         }
         match &mut self.inbox {
             Some(inbox) => inbox
@@ -222,23 +199,11 @@ impl Wire for StreamWire {
         }
     }
 
-    async fn send(&mut self, batch: Payload<'_>) -> bool {
-        // Compression is a WebSocket extension: streams are never compressed.
-        let Payload::Plain(batch) = batch else {
-            return false;
-        };
-        // The server writes the body with the write deadline itself; over
-        // HTTP/2 a stalled stream stops taking batches, which counts too.
-        match tokio::time::timeout(self.stall, self.tx.send(Bytes::copy_from_slice(batch))).await {
-            Ok(sent) => sent.is_ok(),
-            Err(_) => {
-                crate::metrics::write_stalled(self.transport.name());
-                false
-            }
-        }
+    async fn send(&mut self, batch: Batch<'_>) -> Result<(), WriteError> {
+        self.body.send(batch).await
     }
 
-    async fn close(self, _code: u16, _reason: &str) {
-        // Dropping the sender ends the response body after what was sent.
+    async fn close(self, close: &Close) {
+        self.body.close(close).await
     }
 }

@@ -1,13 +1,14 @@
 //! Responses that outlive their handler: endless event streams, and
 //! protocol upgrades (WebSocket).
 //!
-//! A handler answers with a response carrying a [`LiveBody`] (the chunks of
-//! a stream that ends when the connection does) or an [`Upgrade`] (what to
-//! run on the connection once the handshake response is out), and leaves
-//! the writing to the server (`server::http1`, `server::listener`): on a
-//! plain HTTP/1.1 connection the chunks go straight to the TCP socket, with
-//! no HTTP machinery kept per connection; over TLS or HTTP/2 they become a
-//! hyper body or a hyper upgrade. Handlers do not know which.
+//! A handler answers with a response carrying a [`LiveBody`] (what writes
+//! the body of a stream that ends when the connection does: its pump) or
+//! an [`Upgrade`] (what to run on the connection once the handshake
+//! response is out), and leaves the rest to the server (`server::http1`,
+//! `server::listener`): on a plain HTTP/1.1 connection the body is written
+//! straight to the TCP socket, with no HTTP machinery kept per connection;
+//! over TLS or HTTP/2 it becomes a hyper body or a hyper upgrade. Handlers
+//! do not know which: they get a [`Body`] either way.
 
 use std::future::Future;
 use std::io;
@@ -15,56 +16,63 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::body::Body;
 use axum::http::Response;
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// The chunks of a live response body, in order; the stream ends when the
-/// response should.
-pub type Chunks = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
+use super::body::Body;
 
-/// A live body and the name of its transport (for metrics).
-pub type Live = (Chunks, &'static str);
+/// What runs a live response body: given the body to write to (see
+/// [`Body`]), the connection's pump, until the response ends.
+pub type OnBody = Box<dyn FnOnce(Body) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// A response extension holding a live body until the server takes it.
 /// (Extensions must be `Clone`; the body is taken once.)
 #[derive(Clone)]
-pub struct LiveBody(Arc<Mutex<Option<Live>>>);
+pub struct LiveBody(Arc<Mutex<Option<OnBody>>>);
 
 impl LiveBody {
-    /// A response whose body is `chunks` of a `transport` (the caller adds
-    /// status and headers).
-    pub fn response(
-        transport: &'static str,
-        chunks: impl Stream<Item = Bytes> + Send + 'static,
-    ) -> Response<Body> {
-        let mut res = Response::new(Body::empty());
+    /// A response whose body `run` writes (the caller adds status and
+    /// headers).
+    pub fn response<F, Fut>(run: F) -> Response<axum::body::Body>
+    where
+        F: FnOnce(Body) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let boxed: OnBody = Box::new(move |body| Box::pin(run(body)));
+        let mut res = Response::new(axum::body::Body::empty());
         res.extensions_mut()
-            .insert(LiveBody(Arc::new(Mutex::new(Some((
-                Box::pin(chunks),
-                transport,
-            ))))));
+            .insert(LiveBody(Arc::new(Mutex::new(Some(boxed)))));
         res
     }
 
     /// Takes the live body out of a response, if it has one.
-    pub fn take(res: &mut Response<Body>) -> Option<Live> {
+    pub fn take(res: &mut Response<axum::body::Body>) -> Option<OnBody> {
         res.extensions_mut()
             .remove::<LiveBody>()
             .and_then(|live| live.0.lock().take())
     }
 
-    /// Turns a live body into an ordinary streaming body (for hyper).
-    pub fn into_hyper(mut res: Response<Body>) -> Response<Body> {
-        if let Some((chunks, _)) = LiveBody::take(&mut res) {
+    /// Turns a live body into an ordinary streaming body for hyper: the
+    /// body runs as a task of `tasks` (so that shutdown waits for it),
+    /// handing its batches over a channel.
+    pub fn into_hyper(
+        mut res: Response<axum::body::Body>,
+        stall: std::time::Duration,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Response<axum::body::Body> {
+        if let Some(run) = LiveBody::take(&mut res) {
+            let (body, mut rx) = Body::channel(stall);
+            tasks.spawn(run(body));
             // The router sized the empty placeholder body.
             res.headers_mut().remove(axum::http::header::CONTENT_LENGTH);
-            *res.body_mut() = Body::from_stream(chunks.map(Ok::<_, std::convert::Infallible>));
+            let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+            *res.body_mut() =
+                axum::body::Body::from_stream(stream.map(Ok::<_, std::convert::Infallible>));
         }
         res
     }
@@ -90,7 +98,7 @@ pub struct Upgrade(Arc<Mutex<Option<OnUpgrade>>>);
 impl Upgrade {
     /// Marks `res` (a 101, or a 200 to an HTTP/2 extended CONNECT) to run
     /// `on_upgrade` on the connection afterwards.
-    pub fn attach<F, Fut>(res: &mut Response<Body>, on_upgrade: F)
+    pub fn attach<F, Fut>(res: &mut Response<axum::body::Body>, on_upgrade: F)
     where
         F: FnOnce(Socket, Bytes) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -102,7 +110,7 @@ impl Upgrade {
     }
 
     /// Takes the upgrade out of a response, if it has one.
-    pub fn take(res: &mut Response<Body>) -> Option<OnUpgrade> {
+    pub fn take(res: &mut Response<axum::body::Body>) -> Option<OnUpgrade> {
         res.extensions_mut()
             .remove::<Upgrade>()
             .and_then(|u| u.0.lock().take())

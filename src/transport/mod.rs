@@ -1,18 +1,29 @@
-//! Transports: moving encoded bytes between sockets and the hub.
+//! Transports: moving bytes between sockets and the hub, for every live
+//! connection the same way.
 //!
-//! A transport owns no protocol logic. The Mercure SSE stream
-//! ([`sse`]) writes the bytes of a hub subscription; the Centrifugo
-//! transports ([`websocket`], with [`inflating`] for permessage-deflate,
-//! and [`http_stream`], with [`emulation`] carrying the commands of
-//! emulated connections) give a `centrifugo::connection` loop a wire to
-//! read frames from and write batches to. [`live`] hands long-lived
-//! responses and upgrades to the server.
+//! - [`pump`]: the one loop every connection runs — the client's frames,
+//!   the hub queue and the session's deadlines in, one write per wake-up
+//!   out — given a protocol's [`pump::Session`] and a [`pump::Wire`];
+//! - [`writer`]: the one way bytes reach a socket, with the write-stall
+//!   deadline (`limits.write_timeout`);
+//! - wires: [`websocket`] (with [`inflating`] for permessage-deflate) and
+//!   [`body`] (a live HTTP response body, on plain HTTP/1.1 or through
+//!   hyper); [`live`] hands them to the server;
+//! - sessions: [`mercure`] (a subscriber's event stream) and
+//!   [`centrifugo`] (a Centrifugo connection's timers and ends, over any of
+//!   its transports);
+//! - the Centrifugo endpoints over HTTP: [`http_stream`] (streams, SSE,
+//!   their unidirectional forms) and [`emulation`] (the commands of
+//!   emulated connections).
 
+pub mod body;
+pub mod centrifugo;
 pub mod emulation;
 pub mod http_stream;
 pub mod inflating;
 pub mod live;
-pub mod sse;
+pub mod mercure;
+pub mod pump;
 pub mod websocket;
 pub mod writer;
 

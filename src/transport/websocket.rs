@@ -42,13 +42,13 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::centrifugo::{self as connection, Start};
 use super::inflating::InflatingSocket;
 use super::live::{Socket, Upgrade};
+use super::pump::{Batch, Close, Inbound, Wire};
 use super::writer::{self, WriteError};
 use super::{origin_allowed, CentrifugoState, ConnectQuery};
-use crate::centrifugo::connection::{self, Inbound, Start, Wire};
 use crate::centrifugo::Transport;
-use crate::protocol::centrifuge::outbox::Payload;
 use crate::protocol::centrifuge::Encoding;
 use crate::protocol::websocket::{self, deflate, Opcode};
 
@@ -305,7 +305,7 @@ fn upgrade(
                 compression,
             };
             let stall = node.limits.write_timeout;
-            connection::run(WsWire::new(socket, encoding, transport, stall), node, start).await
+            connection::run(WsWire::new(socket, encoding, stall), node, start).await
         },
     )
 }
@@ -314,7 +314,6 @@ fn upgrade(
 struct WsWire {
     socket: WebSocketStream<InflatingSocket>,
     encoding: Encoding,
-    transport: Transport,
     /// `limits.write_timeout`: a write making no progress this long ends
     /// the connection.
     stall: Duration,
@@ -329,13 +328,11 @@ impl WsWire {
     fn new(
         socket: WebSocketStream<InflatingSocket>,
         encoding: Encoding,
-        transport: Transport,
         stall: Duration,
     ) -> WsWire {
         WsWire {
             socket,
             encoding,
-            transport,
             stall,
             drained: false,
             pong_pending: false,
@@ -376,18 +373,14 @@ impl Wire for WsWire {
     /// compressed batch is its pieces, shared ones included, uncopied.
     /// Whatever tungstenite still has to send (a pong) goes out before it,
     /// so frames never interleave.
-    async fn send(&mut self, batch: Payload<'_>) -> bool {
-        let written = self.write(batch).await;
-        if written == Err(WriteError::Stalled) {
-            crate::metrics::write_stalled(self.transport.name());
-        }
-        written.is_ok()
+    async fn send(&mut self, batch: Batch<'_>) -> Result<(), WriteError> {
+        self.write(batch).await
     }
 
-    async fn close(mut self, code: u16, reason: &str) {
+    async fn close(mut self, close: &Close) {
         let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.to_owned().into(),
+            code: CloseCode::from(close.code),
+            reason: close.reason.clone().into(),
         };
         let _ =
             tokio::time::timeout(self.stall, self.socket.send(Message::Close(Some(frame)))).await;
@@ -396,7 +389,7 @@ impl Wire for WsWire {
 
 impl WsWire {
     /// Writes one batch as one data frame (see [`Wire::send`]).
-    async fn write(&mut self, batch: Payload<'_>) -> Result<(), WriteError> {
+    async fn write(&mut self, batch: Batch<'_>) -> Result<(), WriteError> {
         if self.pong_pending {
             let flushed =
                 tokio::time::timeout(self.stall, poll_fn(|cx| self.socket.poll_flush_unpin(cx)))
@@ -415,14 +408,15 @@ impl WsWire {
         let mut header = [0u8; websocket::MAX_HEADER];
         let (stall, socket) = (self.stall, self.socket.get_mut());
         match batch {
-            Payload::Plain(batch) => {
+            Batch::Plain(batch) => {
                 let header = websocket::frame_header(opcode, false, batch.len(), &mut header);
                 let mut parts = [IoSlice::new(header), IoSlice::new(batch)];
                 writer::write_all(socket, &mut parts, stall).await?;
             }
-            Payload::Compressed(pieces) => {
+            Batch::Pieces(pieces) | Batch::Compressed(pieces) => {
+                let compressed = matches!(batch, Batch::Compressed(_));
                 let len = pieces.iter().map(Bytes::len).sum();
-                let header = websocket::frame_header(opcode, true, len, &mut header);
+                let header = websocket::frame_header(opcode, compressed, len, &mut header);
                 let mut parts = Vec::with_capacity(pieces.len() + 1);
                 parts.push(IoSlice::new(header));
                 parts.extend(pieces.iter().map(|p| IoSlice::new(p)));
