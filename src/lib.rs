@@ -11,7 +11,7 @@
 //!   → verify the token, check rights   auth::{jwt, grants}
 //!   → append to history (positions)    hub::Hub::publish → history::History::append
 //!   → fan out to matching subscribers  hub (index, bounded queues, slow consumers)
-//!   → encode once per wire format      hub::Publication::sse → protocol::mercure::sse
+//!   → encode once per wire format      hub::Publication::sse → protocol::sse
 //!     and per Centrifugo encoding      hub::Publication::centrifuge_push
 //!   → write to each connection         transport::sse::EventStream, transport::websocket
 //!     (a busy one once per clock tick) hub::clock

@@ -141,7 +141,7 @@ async fn pushed(ws: &mut Ws) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn sse_numbers(events: &[tidings::protocol::mercure::sse::ParsedEvent]) -> Vec<u64> {
+fn sse_numbers(events: &[tidings::protocol::sse::ParsedEvent]) -> Vec<u64> {
     events
         .iter()
         .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok()?["i"].as_u64())

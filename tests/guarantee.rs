@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SHORT: Duration = Duration::from_millis(600);
 
-fn datas(events: Vec<tidings::protocol::mercure::sse::ParsedEvent>) -> Vec<String> {
+fn datas(events: Vec<tidings::protocol::sse::ParsedEvent>) -> Vec<String> {
     events.into_iter().map(|e| e.data).collect()
 }
 

@@ -314,7 +314,7 @@ async fn query_method_carries_matchers_in_the_body() {
     assert_eq!(res.status(), 200);
     let mut body = res.bytes_stream();
     publish(&hub, "from-body", "via QUERY").await;
-    let mut parser = tidings::protocol::mercure::sse::Parser::default();
+    let mut parser = tidings::protocol::sse::Parser::default();
     let mut got = Vec::new();
     while got.is_empty() {
         let chunk =

@@ -5,7 +5,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use tidings::protocol::mercure::sse::{encode, Event, Parser};
+use tidings::protocol::sse::{encode, Event, Parser};
 
 #[derive(Arbitrary, Debug)]
 struct Input<'a> {

@@ -33,11 +33,10 @@ fn authorized(node: &Node, headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or_else(|| {
-            let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-            let (scheme, key) = v.split_once(' ')?;
+            let (scheme, key) = super::authorization(headers)??;
             scheme
                 .eq_ignore_ascii_case("apikey")
-                .then(|| key.trim().to_owned())
+                .then(|| key.to_owned())
         });
     given.is_some_and(|g| secret_eq(&g, expected))
 }

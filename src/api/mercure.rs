@@ -31,6 +31,7 @@ use crate::protocol::mercure::subscription::{self, SubscriptionDoc};
 use crate::protocol::mercure::{form, EARLIEST, RESERVED_EVENT_TYPE};
 use crate::transport::live::LiveBody;
 use crate::transport::mercure::{EventStream, StreamOptions};
+use crate::transport::origin;
 
 /// Legacy cookie name of pre-standardization hubs.
 const LEGACY_COOKIE: &str = "mercureAuthorization";
@@ -240,19 +241,15 @@ fn find_token(
     state: &MercureState,
     query_token: Option<String>,
 ) -> Result<Option<(String, TokenSource)>, AuthError> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().map_err(|_| {
-            AuthError::InvalidRequest("the Authorization header is not ASCII".into())
-        })?;
-        let (scheme, token) = value.split_once(' ').ok_or_else(|| {
-            AuthError::InvalidRequest("the Authorization header must be `Bearer <token>`".into())
-        })?;
-        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-            return Err(AuthError::InvalidRequest(
+    if let Some(given) = super::authorization(headers) {
+        return match given {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                Ok(Some((token.to_owned(), TokenSource::Header)))
+            }
+            _ => Err(AuthError::InvalidRequest(
                 "the Authorization header must be `Bearer <token>`".into(),
-            ));
-        }
-        return Ok(Some((token.trim().to_owned(), TokenSource::Header)));
+            )),
+        };
     }
     let mut names = vec![state.settings.cookie_name.as_str()];
     if state.settings.compat {
@@ -517,7 +514,9 @@ async fn publish_inner(state: &Arc<MercureState>, req: Request) -> Result<Respon
             if !state.api_rate.allow(&token) {
                 return Err(MercureError::TooManyRequests);
             }
-            if source == TokenSource::Cookie && !same_origin_or_allowed(state, &parts.headers) {
+            let own = state.settings.hub_url.origin().ascii_serialization();
+            let trusted = origin::is_trusted(&parts.headers, &own, &state.settings.cors_origins);
+            if source == TokenSource::Cookie && !trusted {
                 // Cookie-authenticated publishing is a CSRF target.
                 return Err(AuthError::InsufficientScope.into());
             }
@@ -699,23 +698,6 @@ fn plain_id(id: &str) -> Response {
         id.to_owned(),
     )
         .into_response()
-}
-
-fn same_origin_or_allowed(state: &MercureState, headers: &HeaderMap) -> bool {
-    let origin = headers
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| {
-            headers
-                .get(header::REFERER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|r| url::Url::parse(r).ok())
-                .map(|u| u.origin().ascii_serialization())
-        });
-    let Some(origin) = origin else { return false };
-    origin == state.settings.hub_url.origin().ascii_serialization()
-        || state.settings.cors_origins.contains(&origin)
 }
 
 /// `GET {hub}/subscriptions[/…]`: the subscriptions API.

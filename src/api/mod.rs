@@ -9,3 +9,20 @@
 pub mod admin;
 pub mod centrifugo;
 pub mod mercure;
+
+use axum::http::{header, HeaderMap};
+
+/// The `Authorization` header as `(scheme, credentials)`, the credentials
+/// trimmed: `None` when there is none, `Some(None)` when it is not ASCII
+/// `<scheme> <credentials>` with something after the scheme.
+pub fn authorization(headers: &HeaderMap) -> Option<Option<(&str, &str)>> {
+    let value = headers.get(header::AUTHORIZATION)?;
+    Some(
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .map(|(scheme, credentials)| (scheme, credentials.trim()))
+            .filter(|(_, credentials)| !credentials.is_empty()),
+    )
+}

@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 use crate::auth::grants::DETAIL_TYPE;
 use crate::auth::jwt;
 use crate::mercure::settings::MercureSettings;
-use crate::protocol::mercure::{form, sse};
+use crate::protocol::mercure::form;
+use crate::protocol::sse;
 
 /// A client-side failure.
 #[derive(Debug, thiserror::Error)]

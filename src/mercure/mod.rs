@@ -7,7 +7,7 @@ pub mod settings;
 use bytes::Bytes;
 
 use crate::history::{Publication, Wire};
-use crate::protocol::mercure::sse;
+use crate::protocol::sse;
 
 /// The publication as an SSE event (`id`, `event`, `retry`, `data`),
 /// encoded once and shared by every subscriber.

@@ -8,4 +8,5 @@
 pub mod centrifuge;
 pub mod http1;
 pub mod mercure;
+pub mod sse;
 pub mod websocket;

@@ -21,7 +21,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::http_stream::{is_protobuf, read_body};
-use super::{origin_allowed, CentrifugoState};
+use super::{origin, CentrifugoState};
 use crate::centrifugo::Emulated;
 use crate::protocol::centrifuge::decode_emulation;
 
@@ -31,7 +31,7 @@ pub async fn handle(State(state): State<Arc<CentrifugoState>>, req: Request) -> 
     if !node.emulation_enabled() {
         return (StatusCode::NOT_FOUND, "emulation disabled\n").into_response();
     }
-    if !origin_allowed(req.headers(), &node.settings.allowed_origins) {
+    if !origin::may_connect(req.headers(), &node.settings.allowed_origins) {
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     let protobuf = is_protobuf(req.headers());

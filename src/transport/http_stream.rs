@@ -32,7 +32,7 @@ use super::centrifugo::{self as connection, Start};
 use super::live::LiveBody;
 use super::pump::{Batch, Close, Inbound, Wire};
 use super::writer::WriteError;
-use super::{origin_allowed, CentrifugoState, ConnectQuery};
+use super::{origin, CentrifugoState, ConnectQuery};
 use crate::centrifugo::{EmulationInbox, Transport};
 use crate::protocol::centrifuge::outbox::Framing;
 use crate::protocol::centrifuge::{resume, Encoding};
@@ -109,7 +109,7 @@ async fn open_stream(
     if !node.transport_enabled(transport) {
         return refuse(StatusCode::NOT_FOUND, "transport disabled");
     }
-    if !origin_allowed(req.headers(), &node.settings.allowed_origins) {
+    if !origin::may_connect(req.headers(), &node.settings.allowed_origins) {
         return refuse(StatusCode::FORBIDDEN, "origin not allowed");
     }
     let event_stream = transport.framing() == Framing::EventStream;

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::pump::{Batch, Close, Ended, Output, Session};
 use crate::hub::{Delivery, SubscriptionHandle};
 use crate::mercure::replay::Replay;
-use crate::protocol::mercure::sse;
+use crate::protocol::sse;
 
 /// Most replayed events written at once.
 const REPLAY_WRITE: usize = 256;

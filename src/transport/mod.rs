@@ -23,13 +23,13 @@ pub mod http_stream;
 pub mod inflating;
 pub mod live;
 pub mod mercure;
+pub mod origin;
 pub mod pump;
 pub mod websocket;
 pub mod writer;
 
 use std::sync::Arc;
 
-use axum::http::{header, HeaderMap};
 use tokio_util::sync::CancellationToken;
 
 use crate::centrifugo::Node;
@@ -40,34 +40,6 @@ pub struct CentrifugoState {
     pub node: Arc<Node>,
     /// Shutdown is coming: `/readyz` answers 503 (fires before `shutdown`).
     pub draining: CancellationToken,
-}
-
-/// True when a browser's `Origin` may open a Centrifugo connection (or post
-/// to `/emulation`): no `Origin` (not a browser), the same origin as the
-/// request's `Host`, or one of `centrifugo.allowed_origins`. Browsers send
-/// cookies with cross-site handshakes, so any other origin could act as
-/// the user (cross-site WebSocket hijacking and its HTTP equivalent).
-pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
-    };
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    if allowed.iter().any(|a| a == origin) {
-        return true;
-    }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    match (url::Url::parse(origin), host) {
-        (Ok(u), Some(host)) => {
-            let authority = match u.port() {
-                Some(p) => format!("{}:{p}", u.host_str().unwrap_or_default()),
-                None => u.host_str().unwrap_or_default().to_owned(),
-            };
-            authority.eq_ignore_ascii_case(host)
-        }
-        _ => false,
-    }
 }
 
 /// The `cf_connect` query parameter of unidirectional transports.

@@ -47,7 +47,7 @@ use super::inflating::InflatingSocket;
 use super::live::{Socket, Upgrade};
 use super::pump::{Batch, Close, Inbound, Wire};
 use super::writer::{self, WriteError};
-use super::{origin_allowed, CentrifugoState, ConnectQuery};
+use super::{origin, CentrifugoState, ConnectQuery};
 use crate::centrifugo::Transport;
 use crate::protocol::centrifuge::Encoding;
 use crate::protocol::websocket::{self, deflate, Opcode};
@@ -243,7 +243,7 @@ fn upgrade(
     if !state.node.transport_enabled(transport) {
         return StatusCode::NOT_FOUND.into_response();
     }
-    if !origin_allowed(&headers, &state.node.settings.allowed_origins) {
+    if !origin::may_connect(&headers, &state.node.settings.allowed_origins) {
         return (
             StatusCode::FORBIDDEN,
             "cross-origin WebSocket handshake refused: origin not allowed\n",

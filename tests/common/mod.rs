@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tidings::auth::jwt;
-use tidings::protocol::mercure::sse::{ParsedEvent, Parser};
+use tidings::protocol::sse::{ParsedEvent, Parser};
 
 pub const KEY: &str = "integration-test-key";
 pub const ISSUER: &str = "https://issuer.test";

@@ -23,6 +23,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
 use super::Encoding;
+use crate::protocol::sse;
 use crate::protocol::websocket::deflate;
 
 /// How messages are laid out on a transport.
@@ -164,15 +165,7 @@ impl Outbox {
         match self.framing {
             Framing::Frame if !self.is_empty() => self.buf.put_u8(b'\n'),
             Framing::Frame | Framing::Stream => {}
-            Framing::EventStream => {
-                if let Some(id) = id {
-                    // Ids come from `resume::encode`: no CR, LF or NUL.
-                    self.buf.extend_from_slice(b"id: ");
-                    self.buf.extend_from_slice(id.as_bytes());
-                    self.buf.put_u8(b'\n');
-                }
-                self.buf.extend_from_slice(b"data: ");
-            }
+            Framing::EventStream => sse::open_single_line(&mut self.buf, id),
         }
     }
 
@@ -180,7 +173,7 @@ impl Outbox {
         match self.framing {
             Framing::Frame => {}
             Framing::Stream => self.buf.put_u8(b'\n'),
-            Framing::EventStream => self.buf.extend_from_slice(b"\n\n"),
+            Framing::EventStream => sse::close_single_line(&mut self.buf),
         }
     }
 

@@ -13,7 +13,6 @@
 pub mod form;
 pub mod matcher;
 pub mod request;
-pub mod sse;
 pub mod subscription;
 pub mod text;
 pub mod uri_template;

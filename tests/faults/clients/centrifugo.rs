@@ -11,7 +11,7 @@ use futures::{SinkExt, StreamExt};
 use prost::Message as _;
 use serde_json::json;
 use tidings::protocol::centrifuge as proto;
-use tidings::protocol::mercure::sse::Parser;
+use tidings::protocol::sse::Parser;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 

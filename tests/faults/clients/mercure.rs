@@ -1,7 +1,7 @@
 //! Mercure subscribers: an SSE stream as `EventSource` opens it, resumed
 //! with `Last-Event-ID`.
 
-use tidings::protocol::mercure::sse::Parser;
+use tidings::protocol::sse::Parser;
 
 use super::{Body, Conn, End, Kind, State, CHANNEL_PREFIX};
 use crate::record::Start;

@@ -1,4 +1,6 @@
-//! Encoding updates as `text/event-stream` events.
+//! Server-Sent Events (`text/event-stream`): events encoded, and parsed
+//! back (for the CLI and the tests). Both protocols use it: Mercure for its
+//! updates, Centrifugo for its SSE transports (one JSON message per event).
 //!
 //! `data` is split into one `data:` line per line of the value (on CR, LF or
 //! CRLF) so a value containing `\nevent:` can never inject a field. `id` and
@@ -40,6 +42,21 @@ pub fn encode(event: &Event<'_>) -> Bytes {
     }
     out.put_u8(b'\n');
     out.freeze()
+}
+
+/// Opens an event whose data is one line the caller writes next (JSON text
+/// never holds a raw line break): the `id:` field if any, then `data: `.
+/// [`close_single_line`] ends it.
+pub fn open_single_line(out: &mut BytesMut, id: Option<&str>) {
+    if let Some(id) = id {
+        put_field(out, "id", id);
+    }
+    out.put_slice(b"data: ");
+}
+
+/// Ends an event opened by [`open_single_line`].
+pub fn close_single_line(out: &mut BytesMut) {
+    out.put_slice(b"\n\n");
 }
 
 /// A comment line: a heartbeat, or a reason before the stream ends.
