@@ -13,29 +13,43 @@
 //! Fan-out never blocks on a subscriber: each has a bounded queue, and one
 //! that is full is dropped from the hub with the reason
 //! [`SLOW_CONSUMER`]; it resumes from history when it reconnects.
+//!
+//! The hub knows no protocol: what it carries for one (a server command
+//! for a Centrifugo connection) is bytes to it.
+//!
+//! - [`Hub`] (here): the facade — publish, subscribe, presence, shutdown.
+//! - `index`: the subscriber index and the fan-out step.
+//! - [`sink`]: a connection's bounded queue; [`clock`]: the write clock
+//!   that coalesces a busy connection's writes.
+//! - [`presence`]: who is in a channel (this node's, and a shared store's).
+//! - `tasks`: the publish log, the engine feed, presence refresh, sweep.
 
 pub mod clock;
+mod index;
 #[cfg(test)]
 mod index_model_tests;
 pub mod presence;
 pub mod sink;
 #[cfg(test)]
 mod sink_model_tests;
+mod tasks;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::engine::{Broker, ClusterEvent, Engine, Envelope, Feed};
+use crate::engine::{Broker, ClusterEvent, Engine, Envelope};
 use crate::history::{ClientInfo, Draft, History, Publication};
-use crate::protocol::mercure::matcher::{topic_keys, TopicMatcher};
+use crate::protocol::mercure::matcher::TopicMatcher;
+use index::{Fanout, Index, Subscriber};
+use tasks::{run_feed, run_log, run_presence_refresh, run_sweep};
+pub use index::SubscriptionHandle;
 pub use presence::Presence;
 pub use sink::{Offer, Sink};
 
@@ -98,301 +112,9 @@ pub enum Delivery {
     Control(Bytes),
 }
 
-struct Subscriber {
-    id: u64,
-    matchers: Vec<TopicMatcher>,
-    filter: Arc<dyn Filter>,
-    sink: Arc<Sink>,
-    join_leave: bool,
-}
-
-impl Subscriber {
-    fn only_exact(&self) -> bool {
-        self.matchers.iter().all(|m| m.exact_topic().is_some())
-    }
-
-    /// The key of its pattern group, when it has exactly one pattern: the
-    /// pattern's meaning, not its spelling (a Mercure `*` and a Centrifugo
-    /// channel pattern `*` select different topics).
-    fn pattern_key(&self) -> Option<String> {
-        match &self.matchers[..] {
-            [m] if m.exact_topic().is_none() => Some(m.identity()),
-            _ => None,
-        }
-    }
-}
-
-/// Subscribers of one pattern: the pattern is tested once per publication,
-/// whatever the number of its subscribers.
-struct PatternGroup {
-    matcher: TopicMatcher,
-    /// Its index key (see [`TopicMatcher::index_key`]), if it has one.
-    key: Option<String>,
-    subscribers: Subscribers,
-}
-
-/// Subscribers by id, in a dense array: fan-out walks it as fast as a
-/// `Vec`, and removing one is O(1) (a mass disconnect of a hot channel
-/// must not hold the index's write lock for O(n) per client).
-type Subscribers = IndexMap<u64, Arc<Subscriber>>;
-
 /// Told when a channel gets its first exact subscriber on this node (true)
 /// or loses its last (false): webhooks' `occupied` and `vacated`.
 pub type OccupancyHandler = Box<dyn Fn(&str, bool) + Send + Sync>;
-
-#[derive(Default)]
-struct Index {
-    by_id: HashMap<u64, Arc<Subscriber>>,
-    /// Subscribers whose matchers are all exact, by topic.
-    exact: HashMap<String, Subscribers>,
-    /// Subscribers with one pattern, grouped by the pattern's identity.
-    patterns: HashMap<String, PatternGroup>,
-    /// The groups every publication is tested against (their pattern has
-    /// no index key).
-    unkeyed: HashSet<String>,
-    /// The other groups, by index key: a publication is tested only
-    /// against those found under its topics' keys.
-    keyed: HashMap<String, HashSet<String>>,
-    /// The hub URL keyed URL patterns resolve topics against (and how many
-    /// there are: topics are parsed as URLs only when some are).
-    url_base: Option<(url::Url, usize)>,
-    /// Subscribers with several matchers, some patterns: evaluated per
-    /// publication.
-    scanned: Subscribers,
-}
-
-impl Index {
-    /// Subscribers with a pattern that selects `topics` (each group's
-    /// pattern tested once), then the scanned ones.
-    fn matching<'a>(
-        &'a self,
-        topics: impl Iterator<Item = &'a str> + Clone + 'a,
-    ) -> impl Iterator<Item = &'a Arc<Subscriber>> + 'a {
-        let mut groups: Vec<&'a String> = self.unkeyed.iter().collect();
-        if !self.keyed.is_empty() {
-            let base = self.url_base.as_ref().map(|(base, _)| base);
-            let mut several = false;
-            for (i, topic) in topics.clone().enumerate() {
-                several |= i > 0;
-                for key in topic_keys(topic, base) {
-                    groups.extend(self.keyed.get(&key).into_iter().flatten());
-                }
-            }
-            if several {
-                // Alternate topics may lead to a group twice.
-                let mut seen = HashSet::new();
-                groups.retain(|g| seen.insert(*g));
-            }
-        }
-        let t = topics.clone();
-        groups
-            .into_iter()
-            .filter_map(|id| self.patterns.get(id))
-            .filter(move |g| g.matcher.matches_any(t.clone()))
-            .flat_map(|g| g.subscribers.values())
-            .chain(
-                self.scanned
-                    .values()
-                    .filter(move |s| s.matchers.iter().any(|m| m.matches_any(topics.clone()))),
-            )
-    }
-
-    /// Adds a subscriber with one pattern to its group.
-    fn join_group(&mut self, identity: String, matcher: &TopicMatcher, s: Arc<Subscriber>) {
-        if !self.patterns.contains_key(&identity) {
-            let key = matcher.index_key().filter(|key| {
-                // Keyed URL patterns must all resolve against one base.
-                if !key.starts_with("u:") {
-                    return true;
-                }
-                let base = matcher.url_base().cloned();
-                match (&mut self.url_base, base) {
-                    (Some((b, n)), Some(base)) if *b == base => {
-                        *n += 1;
-                        true
-                    }
-                    (slot @ None, Some(base)) => {
-                        *slot = Some((base, 1));
-                        true
-                    }
-                    _ => false,
-                }
-            });
-            match &key {
-                Some(key) => self
-                    .keyed
-                    .entry(key.clone())
-                    .or_default()
-                    .insert(identity.clone()),
-                None => self.unkeyed.insert(identity.clone()),
-            };
-            let group = PatternGroup {
-                matcher: matcher.clone(),
-                key,
-                subscribers: Subscribers::default(),
-            };
-            self.patterns.insert(identity.clone(), group);
-        }
-        if let Some(group) = self.patterns.get_mut(&identity) {
-            group.subscribers.insert(s.id, s);
-        }
-    }
-
-    /// Removes a subscriber from its pattern group, and the group once empty.
-    fn leave_group(&mut self, identity: &str, id: u64) {
-        let Some(group) = self.patterns.get_mut(identity) else {
-            return;
-        };
-        group.subscribers.swap_remove(&id);
-        if !group.subscribers.is_empty() {
-            return;
-        }
-        let key = self.patterns.remove(identity).and_then(|g| g.key);
-        let Some(key) = key else {
-            self.unkeyed.remove(identity);
-            return;
-        };
-        if let Some(ids) = self.keyed.get_mut(&key) {
-            ids.remove(identity);
-            if ids.is_empty() {
-                self.keyed.remove(&key);
-            }
-        }
-        if key.starts_with("u:") {
-            if let Some((_, n)) = &mut self.url_base {
-                *n -= 1;
-                if *n == 0 {
-                    self.url_base = None;
-                }
-            }
-        }
-    }
-}
-
-/// The subscriber index and the fan-out step.
-struct Fanout {
-    index: RwLock<Index>,
-    /// Sequence of the last publication fanned out; read under the write
-    /// lock at subscribe time so replay and live delivery meet exactly.
-    last_seq: AtomicU64,
-    deliveries: AtomicU64,
-    drops: AtomicU64,
-    slow_disconnects: AtomicU64,
-    on_occupancy: OnceLock<OccupancyHandler>,
-}
-
-impl Fanout {
-    fn occupancy(&self, channel: &str, occupied: bool) {
-        if let Some(handler) = self.on_occupancy.get() {
-            handler(channel, occupied);
-        }
-    }
-
-    fn deliver(&self, p: &Arc<Publication>) {
-        let (mut queued, mut overflowed) = (0, 0);
-        {
-            let index = self.index.read();
-            let mut offer = |s: &Arc<Subscriber>| {
-                if !s.filter.admits(p) {
-                    return;
-                }
-                match s.sink.offer(Delivery::Publication(p.clone())) {
-                    Offer::Queued => queued += 1,
-                    Offer::Overflow => overflowed += 1,
-                    Offer::Closed => {}
-                }
-            };
-            if p.draft.alternates.is_empty() {
-                if let Some(list) = index.exact.get(p.channel()) {
-                    list.values().for_each(&mut offer);
-                }
-            } else {
-                let mut seen = HashSet::new();
-                for topic in p.topics() {
-                    for s in index.exact.get(topic).into_iter().flat_map(|l| l.values()) {
-                        if seen.insert(s.id) {
-                            offer(s);
-                        }
-                    }
-                }
-            }
-            if !index.patterns.is_empty() || !index.scanned.is_empty() {
-                for s in index.matching(p.topics()) {
-                    offer(s);
-                }
-            }
-            self.last_seq.store(p.seq, Ordering::Release);
-        }
-        self.deliveries.fetch_add(queued, Ordering::Relaxed);
-        if overflowed > 0 {
-            self.drops.fetch_add(overflowed, Ordering::Relaxed);
-            self.slow_disconnects
-                .fetch_add(overflowed, Ordering::Relaxed);
-        }
-    }
-
-    /// Delivers a join or leave to the channel's subscribers that asked for
-    /// them. A full queue here closes the connection like a publication would.
-    fn deliver_event(&self, channel: &str, event: Delivery) {
-        let index = self.index.read();
-        let exact = index
-            .exact
-            .get(channel)
-            .into_iter()
-            .flat_map(|l| l.values());
-        for s in exact.chain(index.matching(std::iter::once(channel))) {
-            if s.join_leave {
-                s.sink.offer(event.clone());
-            }
-        }
-    }
-
-    fn remove(&self, id: u64) {
-        let mut index = self.index.write();
-        let Some(s) = index.by_id.remove(&id) else {
-            return;
-        };
-        let mut vacated = Vec::new();
-        if s.only_exact() {
-            for m in &s.matchers {
-                let topic = m.exact_topic().unwrap_or_default();
-                if let Some(list) = index.exact.get_mut(topic) {
-                    list.swap_remove(&id);
-                    if list.is_empty() {
-                        index.exact.remove(topic);
-                        vacated.push(topic);
-                    }
-                }
-            }
-        } else if let Some(key) = s.pattern_key() {
-            index.leave_group(&key, id);
-        } else {
-            index.scanned.swap_remove(&id);
-        }
-        drop(index);
-        for topic in vacated {
-            self.occupancy(topic, false);
-        }
-    }
-}
-
-/// One subscription of a connection. Dropping it unsubscribes.
-pub struct SubscriptionHandle {
-    /// Hub-internal subscriber number.
-    pub id: u64,
-    /// Last sequence fanned out before this subscription was registered:
-    /// replay covers `..=snapshot_seq`, live delivery everything after.
-    pub snapshot_seq: u64,
-    fanout: Weak<Fanout>,
-}
-
-impl Drop for SubscriptionHandle {
-    fn drop(&mut self) {
-        if let Some(f) = self.fanout.upgrade() {
-            f.remove(self.id);
-        }
-    }
-}
 
 /// A connection with a single subscription (an SSE stream).
 pub struct Subscription {
@@ -402,7 +124,7 @@ pub struct Subscription {
     pub sink: Arc<Sink>,
 }
 
-struct Job {
+pub(crate) struct Job {
     draft: Draft,
     reply: oneshot::Sender<Result<Arc<Publication>, HubError>>,
 }
@@ -583,28 +305,7 @@ impl Hub {
             sink: sink.clone(),
             join_leave,
         });
-        let mut index = self.fanout.index.write();
-        let mut occupied = Vec::new();
-        if s.only_exact() {
-            for m in &s.matchers {
-                let topic = m.exact_topic().unwrap_or_default();
-                let list = index.exact.entry(topic.to_owned()).or_default();
-                if list.is_empty() {
-                    occupied.push(topic);
-                }
-                list.insert(id, s.clone());
-            }
-        } else if let Some(key) = s.pattern_key() {
-            index.join_group(key, &s.matchers[0], s.clone());
-        } else {
-            index.scanned.insert(id, s.clone());
-        }
-        index.by_id.insert(id, s.clone());
-        let snapshot_seq = self.fanout.last_seq.load(Ordering::Acquire);
-        drop(index);
-        for topic in occupied {
-            self.fanout.occupancy(topic, true);
-        }
+        let snapshot_seq = self.fanout.add(s);
         SubscriptionHandle {
             id,
             snapshot_seq,
@@ -768,117 +469,6 @@ impl Hub {
         self.stop_streams();
         if let Err(e) = self.history.close().await {
             tracing::error!(error = %e, "closing history failed");
-        }
-    }
-}
-
-async fn run_log(
-    mut rx: mpsc::Receiver<Job>,
-    history: Arc<dyn History>,
-    fanout: Arc<Fanout>,
-    max_batch: usize,
-    publications: Arc<AtomicU64>,
-    deliver: bool,
-) {
-    let mut jobs = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut jobs, max_batch).await > 0 {
-        let (drafts, replies): (Vec<_>, Vec<_>) =
-            jobs.drain(..).map(|j| (j.draft, j.reply)).unzip();
-        let started = std::time::Instant::now();
-        let appended = history.append(drafts).await;
-        crate::metrics::history_append(started, replies.len());
-        match appended {
-            Ok(pubs) => {
-                publications.fetch_add(pubs.len() as u64, Ordering::Relaxed);
-                // Stored: publishers are answered before the fan-out, which
-                // they need not wait for.
-                for (p, reply) in pubs.iter().zip(replies) {
-                    let _ = reply.send(Ok(p.clone()));
-                }
-                if deliver {
-                    for p in &pubs {
-                        fanout.deliver(p);
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "history append failed");
-                let msg = e.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(HubError::History(
-                        crate::history::HistoryError::Store(msg.clone()),
-                    )));
-                }
-            }
-        }
-    }
-}
-
-/// Fans out what the shared engine feeds this node, in `seq` order.
-async fn run_feed(mut feed: mpsc::Receiver<Feed>, hub: Weak<Hub>, engine: &'static str) {
-    while let Some(item) = feed.recv().await {
-        let Some(hub) = hub.upgrade() else {
-            return;
-        };
-        match item {
-            Feed::Publications(pubs) => {
-                for p in pubs {
-                    // A reconnecting feed may repeat what was delivered.
-                    if p.seq > hub.fanout.last_seq.load(Ordering::Acquire) {
-                        crate::metrics::engine_lag(p.time_ms);
-                        hub.fanout.deliver(&p);
-                    }
-                }
-            }
-            Feed::Reset { last_seq, why } => {
-                tracing::warn!(engine, %why, "engine reset: clients sent to recover from history");
-                crate::metrics::engine_reset(engine, &why);
-                hub.fanout.last_seq.store(last_seq, Ordering::Release);
-                hub.disconnect_all(ENGINE_RESET);
-            }
-            Feed::Event(ClusterEvent::Join(channel, info)) => {
-                let event = Delivery::Join(channel.as_str().into(), Arc::new(info));
-                hub.fanout.deliver_event(&channel, event);
-            }
-            Feed::Event(ClusterEvent::Leave(channel, info)) => {
-                let event = Delivery::Leave(channel.as_str().into(), Arc::new(info));
-                hub.fanout.deliver_event(&channel, event);
-            }
-            Feed::Event(ClusterEvent::Control {
-                user,
-                client,
-                control,
-            }) => {
-                if let Some(handler) = hub.on_control.get() {
-                    handler(&user, client.as_deref(), control);
-                }
-            }
-        }
-    }
-}
-
-/// Keeps this node's shared presence entries from expiring.
-async fn run_presence_refresh(hub: Weak<Hub>, every: Duration) {
-    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(hub) = hub.upgrade() else {
-            return;
-        };
-        hub.presence.refresh().await;
-    }
-}
-
-async fn run_sweep(history: Arc<dyn History>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        match history.sweep().await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(removed = n, "expired history reclaimed"),
-            Err(e) => tracing::warn!(error = %e, "history sweep failed"),
         }
     }
 }
