@@ -340,4 +340,3 @@ impl Drop for SubscriptionHandle {
         }
     }
 }
-

@@ -47,11 +47,11 @@ use tokio::task::JoinHandle;
 use crate::engine::{Broker, ClusterEvent, Engine, Envelope};
 use crate::history::{ClientInfo, Draft, History, Publication};
 use crate::protocol::mercure::matcher::TopicMatcher;
-use index::{Fanout, Index, Subscriber};
-use tasks::{run_feed, run_log, run_presence_refresh, run_sweep};
 pub use index::SubscriptionHandle;
+use index::{Fanout, Index, Subscriber};
 pub use presence::Presence;
 pub use sink::{Offer, Sink};
+use tasks::{run_feed, run_log, run_presence_refresh, run_sweep};
 
 /// Close reason for a subscriber whose queue overflowed.
 pub const SLOW_CONSUMER: &str = "slow consumer: the delivery queue is full";
