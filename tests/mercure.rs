@@ -576,6 +576,8 @@ async fn slow_consumer_is_disconnected_without_hurting_others() {
         ("hub.queue_size", "64"),
         ("history.engine", "memory"),
         ("mercure.max_body", "2000000"),
+        // The queue, not the write deadline, is what this test is about.
+        ("limits.write_timeout", "120s"),
     ]);
     let mut stalled = open(&hub, "match=big", &[]).await;
     let mut reading = open(&hub, "match=big", &[]).await;

@@ -4,140 +4,31 @@
 //! `GET {hub}/subscriptions…` lists active subscriptions, and
 //! `GET /.well-known/oauth-protected-resource{hub path}` describes the hub
 //! as an OAuth protected resource. Errors follow RFC 6750 (401/403 with a
-//! `WWW-Authenticate: Bearer` challenge) and the draft (400, 413).
+//! `WWW-Authenticate: Bearer` challenge) and the draft (400, 413). What
+//! each request means is `crate::mercure`; a subscriber's stream runs on
+//! the pump (`transport::mercure`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use parking_lot::Mutex;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::auth::grants::DETAIL_TYPE;
-use crate::auth::{AuthError, Grants, Role, Verifier};
-use crate::history::{Draft, Publication};
-use crate::hub::{Filter, Hub};
-use crate::integration::proxy::{Decision, Proxy};
-use crate::integration::webhooks::{Event, EventKind, Webhooks};
-use crate::limits::KeyedRateLimiter;
+use crate::auth::{AuthError, Role};
+use crate::history::Draft;
+use crate::hub::Filter;
+use crate::mercure::auth::{ask_hook, find_token, legacy_query_token, PrivateFilter, TokenSource};
+use crate::mercure::events::{announce, tell_webhooks};
 use crate::mercure::replay::{Replay, Start};
-use crate::mercure::settings::MercureSettings;
-use crate::protocol::mercure::matcher::{MatcherType, TopicMatcher};
+use crate::mercure::{subscriptions as subscription_api, MercureError, MercureState};
 use crate::protocol::mercure::request::{self, RequestError};
-use crate::protocol::mercure::subscription::{self, SubscriptionDoc};
-use crate::protocol::mercure::{form, EARLIEST, RESERVED_EVENT_TYPE};
+use crate::protocol::mercure::{form, EARLIEST};
 use crate::transport::live::LiveBody;
 use crate::transport::mercure::{EventStream, StreamOptions};
 use crate::transport::origin;
-
-/// Legacy cookie name of pre-standardization hubs.
-const LEGACY_COOKIE: &str = "mercureAuthorization";
-
-/// One active subscription, as the subscriptions API reports it.
-#[derive(Debug, Clone)]
-struct Active {
-    match_type: MatcherType,
-    matcher: String,
-    payload: Option<Value>,
-}
-
-/// Shared state of the Mercure endpoints.
-pub struct MercureState {
-    hub: Arc<Hub>,
-    proxy: Arc<Proxy>,
-    webhooks: Arc<Webhooks>,
-    verifier: Verifier,
-    settings: MercureSettings,
-    active: Mutex<HashMap<String, Vec<Active>>>,
-    api_rate: Arc<KeyedRateLimiter>,
-}
-
-impl MercureState {
-    /// Builds the state from validated settings.
-    pub fn new(
-        hub: Arc<Hub>,
-        settings: MercureSettings,
-        proxy: Arc<Proxy>,
-        webhooks: Arc<Webhooks>,
-        api_rate: Arc<KeyedRateLimiter>,
-    ) -> Result<Arc<Self>, String> {
-        let key = |m: &str| crate::auth::jwt::TrustedKey::new(m, settings.algorithm);
-        let verifier = Verifier {
-            publisher: vec![key(&settings.publisher_key)?],
-            subscriber: vec![key(&settings.subscriber_key)?],
-            issuer: settings.issuer.clone(),
-            audience: settings.audience.clone(),
-            legacy: settings.compat,
-            hub: settings.hub_url.clone(),
-            limits: Default::default(),
-        };
-        Ok(Arc::new(MercureState {
-            hub,
-            proxy,
-            webhooks,
-            verifier,
-            settings,
-            active: Mutex::new(HashMap::new()),
-            api_rate,
-        }))
-    }
-
-    /// The validated Mercure settings.
-    pub fn settings(&self) -> &MercureSettings {
-        &self.settings
-    }
-
-    /// The hub URL's path (`/.well-known/mercure` by default).
-    pub fn hub_path(&self) -> &str {
-        self.settings.hub_url.path()
-    }
-
-    /// Path of the protected resource metadata document (RFC 9728).
-    pub fn metadata_path(&self) -> String {
-        format!("/.well-known/oauth-protected-resource{}", self.hub_path())
-    }
-
-    fn metadata_url(&self) -> String {
-        let mut u = self.settings.hub_url.clone();
-        u.set_path(&self.metadata_path());
-        u.set_query(None);
-        u.to_string()
-    }
-}
-
-/// An error response of the Mercure endpoints.
-#[derive(Debug)]
-pub enum MercureError {
-    /// Authorization failure (RFC 6750).
-    Auth(AuthError),
-    /// Malformed or oversized request.
-    Request(RequestError),
-    /// Wrong media type for a publish.
-    UnsupportedMediaType,
-    /// The hub cannot serve the request now.
-    Unavailable(String),
-    /// No such resource.
-    NotFound,
-    /// The authorization hook refused.
-    Refused(String),
-    /// The publisher's credential is over `limits.api_publish_rate`.
-    TooManyRequests,
-}
-
-impl From<AuthError> for MercureError {
-    fn from(e: AuthError) -> Self {
-        MercureError::Auth(e)
-    }
-}
-
-impl From<RequestError> for MercureError {
-    fn from(e: RequestError) -> Self {
-        MercureError::Request(e)
-    }
-}
 
 fn plain(status: StatusCode, message: String) -> Response {
     (
@@ -148,7 +39,12 @@ fn plain(status: StatusCode, message: String) -> Response {
         .into_response()
 }
 
-impl MercureError {
+/// The answer to a refused request.
+trait IntoMercureResponse {
+    fn into_response_for(self, state: &MercureState) -> Response;
+}
+
+impl IntoMercureResponse for MercureError {
     fn into_response_for(self, state: &MercureState) -> Response {
         let challenge = |error: Option<&str>| {
             let mut c = String::from("Bearer");
@@ -223,76 +119,6 @@ impl MercureError {
         res.headers_mut()
             .insert(header::WWW_AUTHENTICATE, challenge(error));
         res
-    }
-}
-
-/// Where a request's token came from.
-#[derive(Debug, PartialEq, Eq)]
-enum TokenSource {
-    Header,
-    Cookie,
-    Query,
-}
-
-/// Finds the token: the `Authorization` header wins over cookies (which are
-/// ambient), then the legacy `authorization` query parameter.
-fn find_token(
-    headers: &HeaderMap,
-    state: &MercureState,
-    query_token: Option<String>,
-) -> Result<Option<(String, TokenSource)>, AuthError> {
-    if let Some(given) = super::authorization(headers) {
-        return match given {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
-                Ok(Some((token.to_owned(), TokenSource::Header)))
-            }
-            _ => Err(AuthError::InvalidRequest(
-                "the Authorization header must be `Bearer <token>`".into(),
-            )),
-        };
-    }
-    let mut names = vec![state.settings.cookie_name.as_str()];
-    if state.settings.compat {
-        names.push(LEGACY_COOKIE);
-    }
-    for name in names {
-        if let Some(v) = cookie(headers, name) {
-            return Ok(Some((v, TokenSource::Cookie)));
-        }
-    }
-    Ok(query_token.map(|t| (t, TokenSource::Query)))
-}
-
-/// The pre-standardization `authorization` query parameter (compat only).
-fn legacy_query_token(state: &MercureState, uri: &axum::http::Uri) -> Option<String> {
-    if !state.settings.compat {
-        return None;
-    }
-    form::parse(uri.query().unwrap_or("").as_bytes())
-        .ok()?
-        .into_iter()
-        .find(|(k, _)| k == "authorization")
-        .map(|(_, v)| v)
-}
-
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"').to_owned())
-        .filter(|v| !v.is_empty())
-}
-
-/// Admits public updates, and private ones the token may read.
-struct PrivateFilter(Option<Arc<Grants>>);
-
-impl Filter for PrivateFilter {
-    fn admits(&self, p: &Publication) -> bool {
-        !p.draft.private || self.0.as_ref().is_some_and(|g| g.may_read(p.topics()))
     }
 }
 
@@ -411,85 +237,6 @@ async fn subscribe_inner(
     Ok(res)
 }
 
-/// Publishes the subscription events of a new connection and returns a
-/// guard that, when the stream ends, publishes their `active: false`
-/// counterparts and removes them from the subscriptions API.
-fn announce(
-    state: &Arc<MercureState>,
-    subscriber: &str,
-    matchers: &[TopicMatcher],
-    grants: Option<&Grants>,
-) -> SubscriptionGuard {
-    let active: Vec<Active> = matchers
-        .iter()
-        .map(|m| Active {
-            match_type: m.kind(),
-            matcher: m.raw().to_owned(),
-            payload: grants.and_then(|g| g.payload_for(m.raw())).cloned(),
-        })
-        .collect();
-    state
-        .active
-        .lock()
-        .insert(subscriber.to_owned(), active.clone());
-    publish_events(state, subscriber, &active, true);
-    SubscriptionGuard {
-        state: state.clone(),
-        subscriber: subscriber.to_owned(),
-    }
-}
-
-fn publish_events(state: &Arc<MercureState>, subscriber: &str, active: &[Active], is_active: bool) {
-    let drafts: Vec<Draft> = active
-        .iter()
-        .map(|a| {
-            let doc = SubscriptionDoc {
-                hub_path: state.hub_path(),
-                match_type: a.match_type,
-                matcher: &a.matcher,
-                subscriber,
-                active: is_active,
-                payload: a.payload.as_ref(),
-            };
-            Draft {
-                channel: doc.topic(),
-                alternates: Vec::new(),
-                id: format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-                data: Bytes::from(doc.to_json().to_string()),
-                event_type: Some(RESERVED_EVENT_TYPE.to_owned()),
-                retry: None,
-                private: true,
-                info: None,
-                tags: Default::default(),
-            }
-        })
-        .collect();
-    let hub = state.hub.clone();
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(async move {
-            for d in drafts {
-                if let Err(e) = hub.publish(d).await {
-                    tracing::debug!(error = %e, "subscription event not published");
-                }
-            }
-        });
-    }
-}
-
-struct SubscriptionGuard {
-    state: Arc<MercureState>,
-    subscriber: String,
-}
-
-impl Drop for SubscriptionGuard {
-    fn drop(&mut self) {
-        let removed = self.state.active.lock().remove(&self.subscriber);
-        if let Some(active) = removed {
-            publish_events(&self.state, &self.subscriber, &active, false);
-        }
-    }
-}
-
 /// `POST {hub}`: publishes an update.
 pub async fn publish(State(state): State<Arc<MercureState>>, req: Request) -> Response {
     match publish_inner(&state, req).await {
@@ -572,125 +319,6 @@ async fn publish_inner(state: &Arc<MercureState>, req: Request) -> Result<Respon
     Ok(plain_id(p.id()))
 }
 
-/// The Mercure authorization hook's request.
-#[derive(serde::Serialize)]
-struct HookRequest {
-    action: &'static str,
-    topics: Vec<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    private: bool,
-}
-
-/// Asks `proxy.mercure_endpoint` about a request that carries no token.
-/// Its `result` is what the legacy `mercure` claim holds (`subscribe`:
-/// selectors whose private updates the subscriber may receive, `payload`);
-/// an `error` refuses with 403; a failure is a 503 (try again).
-async fn ask_hook(
-    state: &MercureState,
-    action: &'static str,
-    topics: Vec<String>,
-    private: bool,
-    headers: &HeaderMap,
-) -> Result<Grants, MercureError> {
-    let Some(endpoint) = &state.proxy.settings.mercure else {
-        return Err(AuthError::Missing.into());
-    };
-    let request = HookRequest {
-        action,
-        topics,
-        private,
-    };
-    let forwarded = state.proxy.forwarded_headers(headers);
-    let unavailable =
-        || MercureError::Unavailable("the authorization backend is unavailable".into());
-    match state
-        .proxy
-        .call::<Value>("mercure", endpoint, &request, &forwarded)
-        .await
-    {
-        Ok(Decision::Allow(result)) => {
-            let claims = json!({ "mercure": result });
-            let limits = crate::auth::grants::GrantLimits::default();
-            Grants::from_legacy_claim(&claims, &state.settings.hub_url, &limits).map_err(|e| {
-                tracing::warn!(error = %e, "malformed Mercure hook answer");
-                unavailable()
-            })
-        }
-        Ok(Decision::Error(e)) => Err(MercureError::Refused(if e.message.is_empty() {
-            format!("refused by the authorization backend ({})", e.code)
-        } else {
-            e.message
-        })),
-        Ok(Decision::Disconnect(d)) => Err(MercureError::Refused(d.reason)),
-        Err(_) => Err(unavailable()),
-    }
-}
-
-/// Emits a Mercure subscriber's connect and subscribe events; the returned
-/// guard emits unsubscribe and disconnect when the stream ends.
-fn tell_webhooks(
-    state: &MercureState,
-    subscriber: &str,
-    matchers: &[TopicMatcher],
-    grants: Option<&Grants>,
-) -> Option<WebhookGuard> {
-    let w = &state.webhooks;
-    if ![
-        EventKind::Connect,
-        EventKind::Subscribe,
-        EventKind::Unsubscribe,
-        EventKind::Disconnect,
-    ]
-    .into_iter()
-    .any(|k| w.wants(k))
-    {
-        return None;
-    }
-    let guard = WebhookGuard {
-        webhooks: w.clone(),
-        client: subscriber.to_owned(),
-        user: grants.and_then(|g| g.subject.clone()).unwrap_or_default(),
-        selectors: matchers.iter().map(|m| m.raw().to_owned()).collect(),
-    };
-    w.emit(guard.event(EventKind::Connect, ""));
-    for selector in &guard.selectors {
-        w.emit(guard.event(EventKind::Subscribe, selector));
-    }
-    Some(guard)
-}
-
-struct WebhookGuard {
-    webhooks: Arc<Webhooks>,
-    client: String,
-    user: String,
-    selectors: Vec<String>,
-}
-
-impl WebhookGuard {
-    fn event(&self, kind: EventKind, channel: &str) -> Event {
-        let mut e = Event::new(kind);
-        e.protocol = "mercure";
-        e.transport = "sse";
-        e.client.clone_from(&self.client);
-        e.user.clone_from(&self.user);
-        e.channel = channel.to_owned();
-        e
-    }
-}
-
-impl Drop for WebhookGuard {
-    fn drop(&mut self) {
-        for selector in &self.selectors {
-            let mut e = self.event(EventKind::Unsubscribe, selector);
-            e.reason = "disconnect".into();
-            self.webhooks.emit(e);
-        }
-        let mut e = self.event(EventKind::Disconnect, "");
-        e.reason = "stream closed".into();
-        self.webhooks.emit(e);
-    }
-}
-
 fn plain_id(id: &str) -> Response {
     (
         StatusCode::OK,
@@ -718,77 +346,7 @@ async fn subscriptions_inner(
     let path = req.uri().path().to_owned();
     let query_token = legacy_query_token(state, req.uri());
     let (token, _) = find_token(req.headers(), state, query_token)?.ok_or(AuthError::Missing)?;
-    let grants = state.verifier.verify(&token, Role::Subscriber)?;
-    if !grants.may_read(std::iter::once(path.as_str())) {
-        return Err(AuthError::InsufficientScope.into());
-    }
-    let base = format!("{}/subscriptions", state.hub_path());
-    let rest = path.strip_prefix(&base).unwrap_or_default();
-    let segments: Vec<String> = rest
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-        .collect();
-    // Which subscriptions the path selects, and whether it names one.
-    let (kind, matcher, subscriber): (Option<MatcherType>, Option<&str>, Option<&str>) =
-        match segments.as_slice() {
-            [] => (None, None, None),
-            [t, m] if MatcherType::from_draft_name(t).is_some() => {
-                (MatcherType::from_draft_name(t), Some(m), None)
-            }
-            [t, m, s] if MatcherType::from_draft_name(t).is_some() => {
-                (MatcherType::from_draft_name(t), Some(m), Some(s))
-            }
-            [m] if state.settings.compat => (Some(MatcherType::Legacy), Some(m), None),
-            [m, s] if state.settings.compat => (Some(MatcherType::Legacy), Some(m), Some(s)),
-            _ => return Err(MercureError::NotFound),
-        };
-    let last_event_id = state
-        .hub
-        .history()
-        .last()
-        .await
-        .map_err(|e| MercureError::Unavailable(e.to_string()))?
-        .map(|(_, id)| id)
-        .unwrap_or_else(|| EARLIEST.to_owned());
-    let docs: Vec<Value> = {
-        let active = state.active.lock();
-        let mut docs = Vec::new();
-        for (sub_id, subs) in active.iter() {
-            if subscriber.is_some_and(|s| s != sub_id) {
-                continue;
-            }
-            for a in subs {
-                if kind.is_some_and(|k| k != a.match_type)
-                    || matcher.is_some_and(|m| m != a.matcher)
-                {
-                    continue;
-                }
-                docs.push(
-                    SubscriptionDoc {
-                        hub_path: state.hub_path(),
-                        match_type: a.match_type,
-                        matcher: &a.matcher,
-                        subscriber: sub_id,
-                        active: true,
-                        payload: a.payload.as_ref(),
-                    }
-                    .to_json(),
-                );
-            }
-        }
-        docs
-    };
-    let legacy = kind == Some(MatcherType::Legacy);
-    let body = if subscriber.is_some() {
-        docs.into_iter().next().ok_or(MercureError::NotFound)?
-    } else {
-        subscription::collection(&path, legacy, &last_event_id, docs)
-    };
+    let (body, last_event_id) = subscription_api::document(state, &path, &token).await?;
     let link = format!(
         "<{}>; rel=\"mercure\"; last-event-id=\"{}\"; type=\"mercure\"; content-type=\"application/json\"",
         state.settings.hub_url,

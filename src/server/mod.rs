@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api::admin::AdminState;
-use crate::api::mercure::{self, MercureState};
+use crate::api::mercure;
 use crate::centrifugo::Node;
 use crate::config::{Settings, Store};
 use crate::history::{disk::DiskHistory, memory::MemoryHistory, History};
@@ -29,6 +29,7 @@ use crate::hub::Hub;
 use crate::integration::proxy::Proxy;
 use crate::integration::queue::{DiskQueue, EventQueue, MemoryQueue};
 use crate::integration::webhooks::{Event, EventKind, Webhooks};
+use crate::mercure::MercureState;
 use crate::transport::{emulation, http_stream, websocket, CentrifugoState};
 use crate::web;
 
