@@ -20,7 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::record::{Channel, ClientRecord, Outcome, Start};
+use crate::record::{Attempt, Channel, ClientRecord, Outcome, Start};
 
 /// A publication acknowledged this shortly before a subscription ended may
 /// not have reached it (fan-out follows the acknowledgement): it belongs to
@@ -56,8 +56,8 @@ pub fn check(
 ) -> Verdict {
     let mut v = Verdict::default();
     for ch in channels.values() {
-        for (o, _) in &ch.outcomes {
-            match o {
+        for a in &ch.outcomes {
+            match a.outcome {
                 Outcome::Acked => v.acked += 1,
                 Outcome::Maybe => v.maybe += 1,
             }
@@ -79,9 +79,9 @@ pub fn check(
     if let Some(stored) = stored {
         for (channel, published) in channels {
             let kept = stored.get(channel);
-            for (i, (o, _)) in published.outcomes.iter().enumerate() {
+            for (i, a) in published.outcomes.iter().enumerate() {
                 let n = i as u64 + 1;
-                if *o == Outcome::Acked && !kept.is_some_and(|k| k.contains(&n)) {
+                if a.outcome == Outcome::Acked && !kept.is_some_and(|k| k.contains(&n)) {
                     v.violations.push(format!(
                         "{channel}: acknowledged publication {n} is not in history"
                     ));
@@ -157,8 +157,10 @@ fn check_channel(
                     .find(|&n| published.outcome(n) == Some(Outcome::Acked))?,
                 None => published.first_acked_after(anchor?)?,
             };
-            let acked_at = published.outcomes[first as usize - 1].1;
-            deadline.is_some_and(|d| acked_at <= d).then_some(first)
+            // Owed once it was both acknowledged and asked for: a session
+            // gets the grace to deliver even a backlog.
+            let due = published.outcomes[first as usize - 1].known.max(s.live_at);
+            deadline.is_some_and(|d| due <= d).then_some(first)
         };
         match (s.received.first(), position) {
             (Some(&first), Some(p)) => {
@@ -184,7 +186,17 @@ fn check_channel(
             }
             (None, p) => {
                 if let Some(m) = required(p) {
-                    bad(format!("session {i} received nothing, missing {m}.."));
+                    let open = s.ended_at.unwrap_or(run_end) - s.live_at;
+                    let state = if s.ended_at.is_some() {
+                        "ended"
+                    } else {
+                        "open at the end"
+                    };
+                    bad(format!(
+                        "session {i} ({:?}, live {:.1}s, {state}) received nothing, missing {m}..",
+                        s.start,
+                        open.as_secs_f64()
+                    ));
                 }
             }
         }
@@ -224,7 +236,11 @@ pub fn self_test() {
         } else {
             Outcome::Acked
         };
-        ch.outcomes.push((o, at(100 * n)));
+        ch.outcomes.push(Attempt {
+            outcome: o,
+            sent: at(100 * n - 10),
+            known: at(100 * n),
+        });
     }
     let channels: HashMap<String, Channel> = [("c".to_owned(), ch)].into();
     let session = |start, live: u64, ended: Option<u64>, after, received: Vec<u64>| Session {
@@ -253,16 +269,47 @@ pub fn self_test() {
         .violations
     };
     // Clean: live before 1, 5 (never acknowledged) missing, a recovered
-    // reconnection in the middle.
+    // reconnection dropped at once, another in the middle.
     let clean = run(vec![
         session(Start::Fresh, 50, Some(450), None, vec![1, 2, 3, 4]),
+        session(Start::Recovered, 455, Some(455), Some(4), vec![]),
         session(Start::Recovered, 460, None, Some(4), vec![6, 7, 8, 9, 10]),
     ]);
+    // Clean: 2 was answered after the subscription went live, but sent
+    // before it: it may be missing.
+    let in_flight = run(vec![session(
+        Start::Fresh,
+        195,
+        None,
+        None,
+        vec![3, 4, 6, 7, 8, 9, 10],
+    )]);
+    assert!(
+        in_flight.is_empty(),
+        "the checker refused a publication in flight: {in_flight:?}"
+    );
     assert!(
         clean.is_empty(),
         "the checker refused a clean record: {clean:?}"
     );
-    let planted: [(&str, Vec<Session>); 6] = [
+    let planted: [(&str, Vec<Session>); 8] = [
+        (
+            "silent recovery",
+            vec![
+                session(Start::Fresh, 50, Some(450), None, vec![1, 2, 3, 4]),
+                session(Start::Recovered, 460, None, Some(4), vec![]),
+            ],
+        ),
+        (
+            "late start",
+            vec![session(
+                Start::Fresh,
+                185,
+                None,
+                None,
+                vec![3, 4, 6, 7, 8, 9, 10],
+            )],
+        ),
         (
             "gap",
             vec![session(

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::record::{Channel, Outcome, Shared};
+use crate::record::{Attempt, Channel, Outcome, Shared};
 use crate::rng::Rng;
 
 /// The Centrifugo server API key of a run.
@@ -119,6 +119,7 @@ async fn run(
         let mut tries = 0;
         loop {
             let node = rng.pick(&env.nodes).clone();
+            let sent_at = Instant::now().into_std();
             let sent = if count > 1 {
                 batch(&env, &node, &channel, first, count).await
             } else if rng.chance(0.5) {
@@ -138,11 +139,15 @@ async fn run(
                     continue;
                 }
             };
-            let at = Instant::now().into_std();
+            let attempt = Attempt {
+                outcome,
+                sent: sent_at,
+                known: Instant::now().into_std(),
+            };
             record
                 .lock()
                 .outcomes
-                .extend(std::iter::repeat_n((outcome, at), count));
+                .extend(std::iter::repeat_n(attempt, count));
             break;
         }
     }

@@ -16,24 +16,37 @@ pub enum Outcome {
     Maybe,
 }
 
+/// One publish attempt that reached the hub (or may have).
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    pub outcome: Outcome,
+    /// When its request was sent: a subscription live before this must
+    /// receive it.
+    pub sent: Instant,
+    /// When its outcome was known (the answer came, or did not).
+    pub known: Instant,
+}
+
 /// One channel's publications, numbered 1, 2, … in the order the hub
 /// stored them (one publisher per channel, waiting for each answer).
 #[derive(Debug, Default)]
 pub struct Channel {
-    /// Index `n - 1`: the outcome of publication `n`, and when it was known.
-    pub outcomes: Vec<(Outcome, Instant)>,
+    /// Index `n - 1`: publication `n`.
+    pub outcomes: Vec<Attempt>,
 }
 
 impl Channel {
     pub fn outcome(&self, n: u64) -> Option<Outcome> {
-        self.outcomes.get(n.checked_sub(1)? as usize).map(|o| o.0)
+        self.outcomes
+            .get(n.checked_sub(1)? as usize)
+            .map(|a| a.outcome)
     }
 
     /// The newest acknowledged publication.
     pub fn last_acked(&self) -> u64 {
         self.outcomes
             .iter()
-            .rposition(|o| o.0 == Outcome::Acked)
+            .rposition(|a| a.outcome == Outcome::Acked)
             .map_or(0, |i| i as u64 + 1)
     }
 
@@ -43,12 +56,13 @@ impl Channel {
         (a + 1..b).all(|n| self.outcome(n) != Some(Outcome::Acked))
     }
 
-    /// The first acknowledged publication whose acknowledgement came after
-    /// `t`.
+    /// The first acknowledged publication sent after `t`. (Not "answered
+    /// after": an answer is read some time after the hub sent it, and a
+    /// subscription may go live in between without owing it.)
     pub fn first_acked_after(&self, t: Instant) -> Option<u64> {
         self.outcomes
             .iter()
-            .position(|&(o, at)| o == Outcome::Acked && at > t)
+            .position(|a| a.outcome == Outcome::Acked && a.sent > t)
             .map(|i| i as u64 + 1)
     }
 }
