@@ -19,7 +19,7 @@ else
 fi
 mkdir -p "$OUT_DIR"
 DOC=$OUT_DIR/cluster.md
-cargo build --release --quiet
+cargo build --release --quiet --workspace
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 RUN=$(mktemp -d)

@@ -27,7 +27,7 @@ if [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light libnginx-mod-nchan >/dev/null
 fi
-cargo build --release --quiet
+cargo build --release --quiet --workspace
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 RUN=$(mktemp -d)

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo test --all-targets
+cargo test --workspace --all-targets
 
 if ! command -v node >/dev/null 2>&1; then
   if [ "${CI:-}" = "true" ]; then

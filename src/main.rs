@@ -1,7 +1,6 @@
 //! The `tidings` binary: `serve`, `publish`, `subscribe`, `token`, `bench`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -31,96 +30,16 @@ struct ConfigArgs {
     set: Vec<String>,
 }
 
-/// `tidings bench`.
-#[derive(Args)]
-struct BenchArgs {
-    #[command(flatten)]
-    config: ConfigArgs,
-    /// tidings-sse, tidings-ws, nchan-sse, nchan-ws, or custom (--sub-url, --pub-url).
-    #[arg(long, default_value = "tidings-sse")]
-    target: String,
-    /// Base URL of the server.
-    #[arg(long, default_value = "http://127.0.0.1:8000")]
-    url: String,
-    /// custom: subscriber URL template with `{channel}` (ws:// for WebSocket).
-    #[arg(long)]
-    sub_url: Option<String>,
-    /// custom: publish URL template with `{channel}`.
-    #[arg(long)]
-    pub_url: Option<String>,
-    /// custom: publish body template (`{channel}`, `{payload}`, `{payload_form}`).
-    #[arg(long, default_value = "{payload}")]
-    pub_body: String,
-    /// custom: publish header `Name: value` (repeatable).
-    #[arg(long = "header")]
-    headers: Vec<String>,
-    /// Scenario name for the report.
-    #[arg(long, default_value = "fanout")]
-    scenario: String,
-    /// Channels.
-    #[arg(long, default_value_t = 1)]
-    channels: usize,
-    /// Subscribers per channel.
-    #[arg(long, default_value_t = 100)]
-    subscribers: usize,
-    /// Publications per second over all channels (0: connect only).
-    #[arg(long, default_value_t = 100.0)]
-    rate: f64,
-    /// Payload bytes.
-    #[arg(long, default_value_t = 100)]
-    payload: usize,
-    /// How long each step publishes.
-    #[arg(long, default_value = "10s")]
-    duration: String,
-    /// Ramp: multiply the rate by this after each good step.
-    #[arg(long)]
-    ramp: Option<f64>,
-    /// Ramp: a good step keeps p99 under this (and loses nothing).
-    #[arg(long, default_value = "50ms")]
-    ramp_p99: String,
-    /// Ramp: most steps.
-    #[arg(long, default_value_t = 8)]
-    ramp_steps: usize,
-    /// Publishing connections.
-    #[arg(long, default_value_t = 4)]
-    publishers: usize,
-    /// Another node (`host:port`) of the same cluster for subscribers
-    /// (repeatable; round-robin). Publishing stays on --url.
-    #[arg(long = "sub-node")]
-    sub_nodes: Vec<String>,
-    /// Server process id, for CPU and memory (repeatable).
-    #[arg(long = "pid")]
-    pids: Vec<u32>,
-    /// Also write the report as JSON here.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Also write an SVG chart here.
-    #[arg(long)]
-    chart: Option<PathBuf>,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
-    /// Allow a target that is not on a loopback address.
-    #[arg(long)]
-    allow_remote: bool,
-    /// Instead of running: print the Markdown side-by-side of JSON reports
-    /// (ours, then the peer's last; ratios are against the peer).
-    #[arg(long, num_args = 2.., value_names = ["OURS", "PEER"])]
-    compare: Option<Vec<PathBuf>>,
-    /// Name of the server in the report (default: the target's).
-    #[arg(long)]
-    label: Option<String>,
-    /// WebSocket subscribers offer permessage-deflate (and inflate what
-    /// comes compressed).
-    #[arg(long)]
-    ws_compress: bool,
-}
-
 #[derive(Subcommand)]
 enum Command {
-    /// Measure a server (tidings or any SSE/WebSocket server): connections,
-    /// deliveries, loss, latency, CPU and memory.
-    Bench(Box<BenchArgs>),
+    /// Measure a server (tidings or any SSE/WebSocket server): runs the
+    /// load generator, `tidings-bench`, installed beside this binary. Its
+    /// options: `tidings bench --help`.
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Run the hub.
     Serve {
         #[command(flatten)]
@@ -225,24 +144,11 @@ enum Command {
 }
 
 fn settings(args: &ConfigArgs, flags: &[(&str, Option<String>)]) -> Result<Settings> {
-    let mut overrides = Vec::new();
-    for kv in &args.set {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))?;
-        overrides.push((k.to_owned(), v.to_owned()));
-    }
-    for (k, v) in flags {
-        if let Some(v) = v {
-            overrides.push((k.to_string(), v.clone()));
-        }
-    }
-    let config = config::load(
+    Ok(config::from_process(
         args.config.as_deref(),
-        |k| std::env::var(k).ok(),
-        &overrides,
-    )?;
-    Ok(config.validate()?)
+        &args.set,
+        flags,
+    )?)
 }
 
 fn init_logs(level: &str, json: bool) {
@@ -257,151 +163,24 @@ fn init_logs(level: &str, json: bool) {
     }
 }
 
-async fn bench(args: BenchArgs) -> Result<()> {
-    use tidings::bench::{self, report, Scenario, Target, Wire};
-    let p99 = humantime::parse_duration(&args.ramp_p99).context("--ramp-p99")?;
-    if let Some(files) = &args.compare {
-        let read = |p: &PathBuf| -> Result<bench::Report> {
-            let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("{}", p.display()))
-        };
-        let reports = files.iter().map(read).collect::<Result<Vec<_>>>()?;
-        print!(
-            "{}",
-            report::side_by_side(&reports, p99.as_secs_f64() * 1000.0)
+/// `tidings bench`: the load generator is its own crate (the server does
+/// not compile its charts and histograms); this runs its binary, built
+/// beside this one.
+fn bench(args: Vec<std::ffi::OsString>) -> Result<()> {
+    let exe = std::env::current_exe().context("where is this binary")?;
+    let bench = exe.with_file_name(format!("tidings-bench{}", std::env::consts::EXE_SUFFIX));
+    if !bench.exists() {
+        bail!(
+            "{} is not built: `cargo build --release --workspace` builds it beside tidings \
+             (or run it directly: `cargo run --release -p tidings-bench -- …`)",
+            bench.display()
         );
-        if let Some(path) = &args.chart {
-            report::chart(&reports, path).map_err(anyhow::Error::msg)?;
-        }
-        return Ok(());
     }
-    let base = args.url.trim_end_matches('/');
-    let host = url::Url::parse(base).context("--url")?;
-    let loopback = match host.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d == "localhost",
-        None => false,
-    };
-    let remote_node = args.sub_nodes.iter().any(|n| {
-        !(n.starts_with("127.") || n.starts_with("localhost:") || n.starts_with("[::1]:"))
-    });
-    if (!loopback || remote_node) && !args.allow_remote {
-        bail!("{base} is not a loopback address; pass --allow-remote to load another machine");
-    }
-    let mut target = match args.target.as_str() {
-        "tidings-sse" | "tidings-ws" => {
-            // Tokens name the hub they are for: the one at --url.
-            let hub_url = format!("{base}/.well-known/mercure");
-            let s = settings(&args.config, &[("mercure.hub_url", Some(hub_url))])?;
-            let publisher = cli::mint_token(
-                &s.mercure,
-                &s.mercure.publisher_key,
-                s.mercure.algorithm,
-                &all_topics(),
-            )?;
-            if args.target == "tidings-sse" {
-                Target::tidings_sse(base, &publisher)
-            } else {
-                let c = &s.centrifugo;
-                let token = tidings::auth::jwt::mint(
-                    &serde_json::json!({"sub": "bench"}),
-                    &c.token_key,
-                    c.token_algorithm,
-                    false,
-                )
-                .map_err(anyhow::Error::msg)?;
-                let api_key = c.api_key.clone().context(
-                    "tidings-ws publishes through the server API: set centrifugo.api_key (--set or TIDINGS_CENTRIFUGO_API_KEY) as on the hub",
-                )?;
-                Target::tidings_ws(base, &token, &api_key)
-            }
-        }
-        "nchan-sse" => Target::nchan(base, Wire::Sse),
-        "nchan-ws" => Target::nchan(base, Wire::WebSocket),
-        "custom" => {
-            let sub = args.sub_url.clone().context("custom needs --sub-url")?;
-            let publish = args.pub_url.clone().context("custom needs --pub-url")?;
-            let mut headers = Vec::new();
-            for h in &args.headers {
-                let (k, v) = h
-                    .split_once(':')
-                    .with_context(|| format!("--header {h:?}"))?;
-                headers.push((k.trim().to_owned(), v.trim().to_owned()));
-            }
-            let ws = sub.starts_with("ws");
-            Target {
-                name: "custom".into(),
-                wire: if ws { Wire::WebSocket } else { Wire::Sse },
-                subscribe: if ws {
-                    tidings::bench::client::Subscribe::WebSocket {
-                        url: sub,
-                        init: Vec::new(),
-                        ready_replies: 0,
-                        pong: false,
-                        compress: false,
-                    }
-                } else {
-                    tidings::bench::client::Subscribe::Sse {
-                        url: sub,
-                        headers: Vec::new(),
-                    }
-                },
-                publish: tidings::bench::client::Publish {
-                    url: publish,
-                    body: args.pub_body.clone(),
-                    headers,
-                },
-                pids: Vec::new(),
-                sub_nodes: Vec::new(),
-            }
-        }
-        other => bail!("unknown --target {other:?}"),
-    };
-    target.pids = args.pids.clone();
-    target.sub_nodes = args.sub_nodes.clone();
-    if let tidings::bench::client::Subscribe::WebSocket { compress, .. } = &mut target.subscribe {
-        *compress = args.ws_compress;
-    }
-    if let Some(label) = &args.label {
-        target.name = label.clone();
-    }
-    let scenario = Scenario {
-        name: args.scenario.clone(),
-        channels: args.channels,
-        subscribers: args.subscribers,
-        rate: args.rate,
-        payload: args.payload,
-        duration: humantime::parse_duration(&args.duration).context("--duration")?,
-        ramp_factor: args.ramp.filter(|f| *f > 1.0),
-        ramp_p99: p99,
-        ramp_steps: if args.ramp.is_some() {
-            args.ramp_steps
-        } else {
-            1
-        },
-        publishers: args.publishers,
-    };
-    let report = bench::run(&target, &scenario, !args.quiet).await?;
-    print!("{}", report.table());
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("{}", path.display()))?;
-    }
-    if let Some(path) = &args.chart {
-        report::chart(std::slice::from_ref(&report), path).map_err(anyhow::Error::msg)?;
-    }
-    Ok(())
-}
-
-fn all_topics() -> TokenRequest {
-    TokenRequest {
-        publish: vec!["*".into()],
-        subscribe: vec!["*".into()],
-        ttl: Duration::from_secs(3600),
-        subject: "tidings-cli".into(),
-        ..Default::default()
-    }
+    let status = std::process::Command::new(&bench)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", bench.display()))?;
+    std::process::exit(status.code().unwrap_or(1));
 }
 
 #[tokio::main]
@@ -458,7 +237,7 @@ async fn main() -> Result<()> {
                     &s.mercure,
                     &s.mercure.publisher_key,
                     s.mercure.algorithm,
-                    &all_topics(),
+                    &TokenRequest::everything(),
                 )?,
             };
             let update = Update {
@@ -501,7 +280,7 @@ async fn main() -> Result<()> {
                     &s.mercure,
                     &s.mercure.subscriber_key,
                     s.mercure.algorithm,
-                    &all_topics(),
+                    &TokenRequest::everything(),
                 )?),
             };
             cli::subscribe(
@@ -517,7 +296,7 @@ async fn main() -> Result<()> {
             )
             .await?;
         }
-        Command::Bench(args) => bench(*args).await?,
+        Command::Bench { args } => bench(args)?,
         Command::Token {
             config,
             publish,

@@ -1,7 +1,7 @@
 //! The benchmark's subscribers and publishers, kept cheap: the bench shares
 //! the machine with the server, so every cycle it spends is one the server
 //! cannot use. Subscribers read their sockets directly (no HTTP or
-//! WebSocket library per message: see [`super::wire`]) and never parse what
+//! WebSocket library per message: see [`crate::wire`]) and never parse what
 //! they receive beyond finding the `"seq":` and `"t":` markers of each
 //! delivery (`accounting::scan`). Latencies are kept as plain numbers and
 //! put in a histogram once a step is over.
@@ -15,10 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::accounting::{scan, Tally};
-use super::wire::{client_frame, Frames, Lines, Op, Responses};
-use super::BenchError;
-use crate::protocol::websocket::deflate::MessageInflater;
+use crate::accounting::{scan, Tally};
+use crate::wire::{client_frame, Frames, Lines, Op, Responses};
+use crate::BenchError;
+use tidings::protocol::websocket::deflate::MessageInflater;
 
 /// Microseconds since the Unix epoch.
 pub fn now_us() -> u64 {
@@ -247,7 +247,7 @@ thread_local! {
     /// One inflater per bench thread: the server compresses without
     /// context takeover, so each message inflates on its own.
     static INFLATER: std::cell::RefCell<MessageInflater> =
-        std::cell::RefCell::new(MessageInflater::new(super::wire::MAX_FRAME as usize));
+        std::cell::RefCell::new(MessageInflater::new(crate::wire::MAX_FRAME as usize));
 }
 
 /// A data frame's message: as it is, or inflated (None if it does not
@@ -485,7 +485,7 @@ impl Publisher {
         if body.contains("{payload_form}") {
             body = body.replace(
                 "{payload_form}",
-                &crate::protocol::mercure::form::encode(payload),
+                &tidings::protocol::mercure::form::encode(payload),
             );
         }
         let body = body.replace("{payload}", payload);

@@ -7,9 +7,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use super::client::Received;
-use super::procstat::Usage;
-use super::{Scenario, Target, Wire};
+use crate::client::Received;
+use crate::procstat::Usage;
+use crate::{Scenario, Target, Wire};
 
 /// One run: connections, memory, and one [`Step`] per publishing rate.
 #[derive(Debug, Clone, Serialize, Deserialize)]

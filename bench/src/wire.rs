@@ -152,7 +152,7 @@ fn parse(bytes: &[u8], frame: &mut impl FnMut(Op, &[u8])) -> Option<usize> {
 /// A masked frame from a client (RFC 6455 requires clients to mask).
 pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 14);
-    crate::protocol::websocket::client_frame(0x80 | opcode, payload, rand_mask(), &mut out);
+    tidings::protocol::websocket::client_frame(0x80 | opcode, payload, rand_mask(), &mut out);
     out
 }
 

@@ -52,6 +52,20 @@ pub struct TokenRequest {
     pub legacy: bool,
 }
 
+impl TokenRequest {
+    /// Publish and subscribe on every topic, for an hour: what the
+    /// command-line tools use when no token is given.
+    pub fn everything() -> TokenRequest {
+        TokenRequest {
+            publish: vec!["*".into()],
+            subscribe: vec!["*".into()],
+            ttl: Duration::from_secs(3600),
+            subject: "tidings-cli".into(),
+            ..Default::default()
+        }
+    }
+}
+
 /// Signs a token for the hub described by `s` with `key`.
 pub fn mint_token(
     s: &MercureSettings,

@@ -120,6 +120,29 @@ pub fn load(
     Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse(e.to_string()))
 }
 
+/// The settings a command runs with: `file`, the process environment,
+/// then `sets` (`KEY=VALUE`, as given to `--set`) and `flags` (keys set by
+/// a command's own options, when given), validated.
+pub fn from_process(
+    file: Option<&std::path::Path>,
+    sets: &[String],
+    flags: &[(&str, Option<String>)],
+) -> Result<Settings, ConfigError> {
+    let mut overrides = Vec::new();
+    for kv in sets {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Parse(format!("--set {kv:?}: expected KEY=VALUE")))?;
+        overrides.push((k.to_owned(), v.to_owned()));
+    }
+    for (k, v) in flags {
+        if let Some(v) = v {
+            overrides.push((k.to_string(), v.clone()));
+        }
+    }
+    load(file, |k| std::env::var(k).ok(), &overrides)?.validate()
+}
+
 fn value_of(kind: Kind, raw: &str, origin: &str) -> Result<toml::Value, ConfigError> {
     Ok(match kind {
         Kind::Str => toml::Value::String(raw.to_owned()),
