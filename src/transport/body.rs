@@ -115,10 +115,18 @@ async fn hand_over(
     bytes: Bytes,
     stall: Duration,
 ) -> Result<(), WriteError> {
-    match tokio::time::timeout(stall, tx.send(bytes)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(WriteError::Gone),
-        Err(_) => Err(WriteError::Stalled),
+    match tx.try_send(bytes) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(WriteError::Gone),
+        // Full: wait, boxed, so that every connection's state does not
+        // carry room for a timer and a send it rarely needs.
+        Err(mpsc::error::TrySendError::Full(bytes)) => {
+            match Box::pin(tokio::time::timeout(stall, tx.send(bytes))).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(WriteError::Gone),
+                Err(_) => Err(WriteError::Stalled),
+            }
+        }
     }
 }
 

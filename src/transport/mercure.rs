@@ -55,7 +55,8 @@ pub struct StreamOptions {
 /// One subscriber's stream.
 pub struct EventStream {
     prelude: Option<Bytes>,
-    replay: Option<Replay>,
+    /// Boxed: most streams have none, and every stream would carry its room.
+    replay: Option<Box<Replay>>,
     /// Live publications at or before this were the replay's.
     snapshot_seq: u64,
     heartbeat: Duration,
@@ -82,7 +83,7 @@ impl EventStream {
         }
         EventStream {
             prelude: Some(prelude.freeze()),
-            replay,
+            replay: replay.map(Box::new),
             snapshot_seq: subscription.snapshot_seq,
             heartbeat: options.heartbeat,
             last_write: Instant::now(),

@@ -177,25 +177,25 @@ pub fn run<S: Session, W: Wire>(
 ) -> impl Future<Output = ()> + Send {
     async move {
         let ended = 'run: {
-            loop {
-                let more = session.preface(&mut out).await;
-                if let Err(e) = flush(&mut wire, &mut out).await {
-                    break 'run Ended::Write(e);
-                }
-                match more {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(close) => break 'run Ended::Closed(close),
-                }
-            }
             let far = far();
             let mut timer = pin!(tokio::time::sleep_until(far));
             let mut timer_at = far;
             let mut batch = Vec::new();
             let mut first = first;
+            // The preface (what is written before anything else) goes first,
+            // a part per turn, each written before the next is made.
+            let mut prefacing = true;
             loop {
                 let mut delivered = false;
-                let step = if let Some(frame) = first.take() {
+                let step = if prefacing {
+                    match session.preface(&mut out).await {
+                        Ok(more) => {
+                            prefacing = more;
+                            Ok(())
+                        }
+                        Err(close) => Err(close),
+                    }
+                } else if let Some(frame) = first.take() {
                     session.frame(frame, &mut out).await
                 } else {
                     let now = Instant::now();
@@ -238,7 +238,12 @@ pub fn run<S: Session, W: Wire>(
                         Event::Timer => session.timer(&mut out).await,
                     }
                 };
-                if let Err(e) = flush(&mut wire, &mut out).await {
+                // The one write of this turn, boxed: the state of a write in
+                // progress is a few hundred bytes that a connection would
+                // otherwise carry all its life, and most of its life it is
+                // waiting, not writing. (An allocation per write costs
+                // far less than the write's system call.)
+                if let Err(e) = Box::pin(flush(&mut wire, &mut out)).await {
                     break 'run Ended::Write(e);
                 }
                 if delivered {

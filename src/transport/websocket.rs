@@ -11,7 +11,7 @@
 //! [`Upgrade`]; the server then hands over the connection's byte stream,
 //! and tungstenite (whose own CI runs the Autobahn|Testsuite) takes the
 //! frames from there. The connection itself runs in
-//! `centrifugo::connection` over a [`WsWire`]: a batch of output is one
+//! `transport::pump` over a [`WsWire`]: a batch of output is one
 //! WebSocket message, and the connection ends with a close frame carrying
 //! the disconnect code. `/connection/uni_websocket` is the same with a
 //! unidirectional session (JSON only, as in Centrifugo).
