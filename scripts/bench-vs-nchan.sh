@@ -141,7 +141,8 @@ done
   echo "   the table shows the last good step (the knee)."
   echo "3. **idle**: $((IDLE_CHANNELS * 100)) idle connections: server memory per connection."
   echo
-  echo "Commands (see the script for the exact flags):"
+  echo "Commands (see the script for the exact flags; the load generator is its own crate,"
+  echo "\`cargo build --release --workspace\` builds it beside \`tidings\`, and \`tidings bench\` runs it):"
   echo
   echo '```sh'
   echo "tidings bench --target tidings-sse --url http://127.0.0.1:$TIDINGS_PORT --pid <pid> --channels 1 --subscribers 1000 --rate 100 --duration $FANOUT_DURATION"

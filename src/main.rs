@@ -335,3 +335,21 @@ async fn main() -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `tidings bench …` hands every argument to `tidings-bench` as given,
+    /// options and `--help` included.
+    #[test]
+    fn bench_arguments_pass_through_unchanged() {
+        let given = ["--quiet", "--set", "k=v", "-c", "f.toml", "--help"];
+        let cli = Cli::try_parse_from(["tidings", "bench"].into_iter().chain(given))
+            .expect("tidings bench parses");
+        let Command::Bench { args } = cli.command else {
+            panic!("not the bench command");
+        };
+        assert_eq!(args, given.map(std::ffi::OsString::from));
+    }
+}

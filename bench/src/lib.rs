@@ -9,8 +9,8 @@
 //! bench's own CPU time.
 //!
 //! - [`accounting`]: the pure arithmetic (tested on known streams).
-//! - [`client`]: cheap subscribers (SSE over hyper, WebSocket over
-//!   tokio-tungstenite) and keep-alive publishers.
+//! - [`client`]: cheap subscribers (SSE and WebSocket read off raw
+//!   sockets, see [`wire`]) and keep-alive publishers.
 //! - [`procstat`]: /proc readings.
 //! - [`report`]: the human table, JSON, charts, and the side-by-side page.
 //!

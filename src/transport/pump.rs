@@ -243,8 +243,12 @@ pub fn run<S: Session, W: Wire>(
                 // otherwise carry all its life, and most of its life it is
                 // waiting, not writing. (An allocation per write costs
                 // far less than the write's system call.)
-                if let Err(e) = Box::pin(flush(&mut wire, &mut out)).await {
-                    break 'run Ended::Write(e);
+                if let Some(batch) = out.batch() {
+                    let sent = Box::pin(wire.send(batch)).await;
+                    out.clear();
+                    if let Err(e) = sent {
+                        break 'run Ended::Write(e);
+                    }
                 }
                 if delivered {
                     sink.wrote();
@@ -260,14 +264,4 @@ pub fn run<S: Session, W: Wire>(
         }
         session.ended(&ended);
     }
-}
-
-/// Writes what the session produced, if anything.
-async fn flush<W: Wire, O: Output>(wire: &mut W, out: &mut O) -> Result<(), WriteError> {
-    let Some(batch) = out.batch() else {
-        return Ok(());
-    };
-    let sent = wire.send(batch).await;
-    out.clear();
-    sent
 }

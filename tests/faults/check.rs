@@ -13,18 +13,20 @@
 //! (sent when the hub died: stored or not, nobody was told). A subscription
 //! that continues from the client's position (recovered) must start right
 //! after the last one the client had; one that starts afresh, or that the
-//! hub told it could not be recovered, must have everything acknowledged
-//! after it went live. The last subscription must end with the channel's
-//! last acknowledged publication.
+//! hub told it could not be recovered, must have every acknowledged
+//! publication sent after it went live. A subscription owes only what was
+//! due (acknowledged, and asked for or live) at least [`END_GRACE`] before
+//! it ended. The last subscription must end with the channel's last
+//! acknowledged publication.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::record::{Attempt, Channel, ClientRecord, Outcome, Start};
 
-/// A publication acknowledged this shortly before a subscription ended may
-/// not have reached it (fan-out follows the acknowledgement): it belongs to
-/// the next one.
+/// A publication due this shortly before a subscription ended may not
+/// have reached it (fan-out follows the acknowledgement, a replay takes
+/// time): it belongs to the next one.
 const END_GRACE: Duration = Duration::from_millis(1500);
 
 /// What the checker was asked to enforce.
@@ -150,7 +152,10 @@ fn check_channel(
             }
         }
         // Where this session had to start.
-        let deadline = s.ended_at.unwrap_or(run_end).checked_sub(END_GRACE);
+        // A client owes nothing to itself while it does not read.
+        let stopped = s.ended_at.unwrap_or(run_end);
+        let stopped = s.stalled_at.map_or(stopped, |t| t.min(stopped));
+        let deadline = stopped.checked_sub(END_GRACE);
         let required = |after: Option<u64>| -> Option<u64> {
             let first = match after {
                 Some(p) => (p + 1..=published.outcomes.len() as u64)
@@ -249,6 +254,7 @@ pub fn self_test() {
         ended_at: ended.map(at),
         received,
         asked_after: after,
+        stalled_at: None,
     };
     let record = |sessions| {
         let mut r = ClientRecord::default();
@@ -269,12 +275,26 @@ pub fn self_test() {
         .violations
     };
     // Clean: live before 1, 5 (never acknowledged) missing, a recovered
-    // reconnection dropped at once, another in the middle.
+    // reconnection dropped at once (long after 6 was acknowledged: it had
+    // no time to replay it), another after it.
     let clean = run(vec![
         session(Start::Fresh, 50, Some(450), None, vec![1, 2, 3, 4]),
-        session(Start::Recovered, 455, Some(455), Some(4), vec![]),
-        session(Start::Recovered, 460, None, Some(4), vec![6, 7, 8, 9, 10]),
+        session(Start::Recovered, 2200, Some(2300), Some(4), vec![]),
+        session(Start::Recovered, 2400, None, Some(4), vec![6, 7, 8, 9, 10]),
     ]);
+    // Clean: a recovered session whose client stopped reading as it
+    // opened, and stayed stalled until the hub closed it.
+    let mut stalled = session(Start::Recovered, 460, Some(3000), Some(4), vec![]);
+    stalled.stalled_at = Some(at(460));
+    let stalled = run(vec![
+        session(Start::Fresh, 50, Some(450), None, vec![1, 2, 3, 4]),
+        stalled,
+        session(Start::Recovered, 3100, None, Some(4), vec![6, 7, 8, 9, 10]),
+    ]);
+    assert!(
+        stalled.is_empty(),
+        "the checker refused a session its client stalled: {stalled:?}"
+    );
     // Clean: 2 was answered after the subscription went live, but sent
     // before it: it may be missing.
     let in_flight = run(vec![session(
@@ -294,10 +314,13 @@ pub fn self_test() {
     );
     let planted: [(&str, Vec<Session>); 8] = [
         (
+            // Lived long enough to replay 6..: silent, then a later session
+            // made up for it (only the backlog rule can see this).
             "silent recovery",
             vec![
                 session(Start::Fresh, 50, Some(450), None, vec![1, 2, 3, 4]),
-                session(Start::Recovered, 460, None, Some(4), vec![]),
+                session(Start::Recovered, 460, Some(3000), Some(4), vec![]),
+                session(Start::Recovered, 3100, None, Some(4), vec![6, 7, 8, 9, 10]),
             ],
         ),
         (

@@ -83,7 +83,7 @@ pub enum Start {
 #[derive(Debug)]
 pub struct Session {
     pub start: Start,
-    /// When it was live: publications acknowledged after this reach it.
+    /// When it was live: publications sent after this reach it.
     pub live_at: Instant,
     pub ended_at: Option<Instant>,
     /// Publication numbers, in the order received.
@@ -91,6 +91,9 @@ pub struct Session {
     /// What the client asked to continue after (its last publication), if
     /// anything.
     pub asked_after: Option<u64>,
+    /// When the client first stopped reading (a stall fault): from then on
+    /// it is owed nothing more.
+    pub stalled_at: Option<Instant>,
 }
 
 /// One client's record.
@@ -121,6 +124,7 @@ impl ClientRecord {
             ended_at: None,
             received: Vec::new(),
             asked_after,
+            stalled_at: None,
         });
     }
 
@@ -129,6 +133,16 @@ impl ClientRecord {
         let now = Instant::now();
         for s in self.sessions.values_mut().filter_map(|v| v.last_mut()) {
             s.ended_at.get_or_insert(now);
+        }
+    }
+
+    /// The client stopped reading: every open subscription is stalled.
+    pub fn stalled(&mut self) {
+        let now = Instant::now();
+        for s in self.sessions.values_mut().filter_map(|v| v.last_mut()) {
+            if s.ended_at.is_none() {
+                s.stalled_at.get_or_insert(now);
+            }
         }
     }
 

@@ -237,6 +237,7 @@ impl Conn {
                                 return Err(Interrupt::Drop);
                             }
                             Some(Control::Stall(d)) => {
+                                self.record.lock().stalled();
                                 // Not reading at all: the hub must close us.
                                 tokio::select! {
                                     _ = tokio::time::sleep(d) => {}
