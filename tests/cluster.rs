@@ -114,9 +114,12 @@ async fn clean_up(engine: Engine, prefix: &str) {
 }
 
 async fn subscribe(ws: &mut Ws, id: u32, channel: &str, position: Option<(u64, &str)>) -> Value {
-    let mut sub = json!({"channel": channel});
+    // Asking for joins and leaves, as centrifuge-js `joinLeave: true` does.
+    let mut sub = json!({"channel": channel, "join_leave": true});
     if let Some((offset, epoch)) = position {
-        sub = json!({"channel": channel, "recover": true, "offset": offset, "epoch": epoch});
+        sub["recover"] = json!(true);
+        sub["offset"] = json!(offset);
+        sub["epoch"] = json!(epoch);
     }
     send(ws, &json!({"id": id, "subscribe": sub}).to_string()).await;
     loop {

@@ -214,10 +214,9 @@ async fn permissions_follow_namespaces_and_subscription_tokens() {
     };
     let frame = [
         json!({"id": 2, "subscribe": {"channel": "closed"}}),
-        json!({"id": 3, "subscribe": {"channel": "closed", "token": sub_token("someone-else", "closed")}}),
-        json!({"id": 4, "subscribe": {"channel": "closed", "token": sub_token("u", "other")}}),
-        json!({"id": 5, "subscribe": {"channel": "closed", "token": sub_token("u", "closed")}}),
-        json!({"id": 6, "publish": {"channel": "closed", "data": {}}}),
+        json!({"id": 3, "subscribe": {"channel": "closed", "token": "not.a.token"}}),
+        json!({"id": 4, "subscribe": {"channel": "closed", "token": sub_token("u", "closed")}}),
+        json!({"id": 5, "publish": {"channel": "closed", "data": {}}}),
     ]
     .iter()
     .map(Value::to_string)
@@ -226,11 +225,19 @@ async fn permissions_follow_namespaces_and_subscription_tokens() {
     send(&mut ws, &frame).await;
     let replies = recv(&mut ws).await;
     let codes: Vec<Value> = replies.iter().map(|r| r["error"]["code"].clone()).collect();
-    assert_eq!(
-        codes,
-        vec![json!(103), json!(103), json!(103), Value::Null, json!(103)]
-    );
-    assert_eq!(replies[3]["subscribe"]["expires"], true);
+    assert_eq!(codes, vec![json!(103), json!(103), Value::Null, json!(103)]);
+    assert_eq!(replies[2]["subscribe"]["expires"], true);
+    // A token for another user or channel is a forged one: Centrifugo
+    // closes the connection (3500), and so does the hub.
+    for token in [
+        sub_token("someone-else", "closed2"),
+        sub_token("u", "other"),
+    ] {
+        let mut ws = connected(&hub, "u").await;
+        let frame = json!({"id": 2, "subscribe": {"channel": "closed2", "token": token}});
+        send(&mut ws, &frame.to_string()).await;
+        assert_eq!(closed(&mut ws).await.0, 3500);
+    }
 }
 
 #[tokio::test]
@@ -477,20 +484,29 @@ async fn namespaces_set_their_own_history_size_and_mercure_urls_are_reachable() 
 
 #[tokio::test]
 async fn connections_expire_unless_refreshed() {
-    let hub = start(&[]);
+    // Centrifugo grants `expired_close_delay` past the expiry, so that a
+    // client refreshing at the last moment is not disconnected.
+    let hub = start(&[("centrifugo.expired_close_delay", "3s")]);
     let connect =
         |exp_in: i64| json!({"id": 1, "connect": {"token": conn_token("e", exp_in)}}).to_string();
     let mut stale = dial(&hub, None).await.unwrap();
-    send(&mut stale, &connect(2)).await;
+    send(&mut stale, &connect(1)).await;
     assert_eq!(
         recv(&mut stale).await[0]["connect"]["ttl"]
             .as_u64()
-            .map(|t| t <= 2),
+            .map(|t| t <= 1),
         Some(true)
     );
     let mut fresh = dial(&hub, None).await.unwrap();
-    send(&mut fresh, &connect(2)).await;
+    send(&mut fresh, &connect(1)).await;
     recv(&mut fresh).await;
+    // Both tokens have expired now; the grace has not.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    send(&mut stale, &json!({"id": 2, "ping": {}}).to_string()).await;
+    assert!(
+        recv(&mut stale).await[0]["ping"].is_object(),
+        "open during the grace"
+    );
     send(
         &mut fresh,
         &json!({"id": 2, "refresh": {"token": conn_token("e", 3600)}}).to_string(),
@@ -687,4 +703,102 @@ async fn compression_is_agreed_and_works_both_ways() {
     assert!(!head
         .to_ascii_lowercase()
         .contains("sec-websocket-extensions"));
+}
+
+#[tokio::test]
+async fn a_second_connect_is_a_bad_request() {
+    let hub = start(&[]);
+    let mut ws = connected(&hub, "twice").await;
+    let frame = json!({"id": 2, "connect": {"token": conn_token("twice", 3600)}});
+    send(&mut ws, &frame.to_string()).await;
+    assert_eq!(closed(&mut ws).await.0, 3501);
+}
+
+#[tokio::test]
+async fn centrifugo_v6_api_forms_legacy_route_query_key_and_transport_errors() {
+    let hub = start(&[]);
+    let client = reqwest::Client::new();
+    // The legacy form: `POST /api`, one command per line, one reply each.
+    let body = [
+        json!({"id": 1, "method": "publish", "params": {"channel": "legacy", "data": {"n": 1}}}),
+        json!({"method": "history", "params": {"channel": "legacy", "limit": 10}}),
+        json!({"id": 3, "method": "nope", "params": {}}),
+        json!({"id": 4, "method": "publish", "params": {"channel": "ns:x", "data": 1}}),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect::<Vec<_>>()
+    .join("\n");
+    let res = client
+        .post(hub.url(&format!("/api?api_key={API_KEY}")))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let replies: Vec<Value> = res
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(replies.len(), 4, "{replies:?}");
+    assert_eq!(
+        (
+            replies[0]["id"].clone(),
+            replies[0]["result"]["offset"].clone()
+        ),
+        (json!(1), json!(1))
+    );
+    assert_eq!(replies[1]["result"]["publications"][0]["data"]["n"], 1);
+    assert_eq!(replies[2]["error"]["code"], 104);
+    assert_eq!(replies[3]["error"]["code"], 102);
+    // A wrong key in the query is refused like a wrong header; a body that
+    // holds no command is a bad request.
+    let res = client
+        .post(hub.url("/api?api_key=wrong"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = client
+        .post(hub.url("/api"))
+        .header("X-API-Key", API_KEY)
+        .body("[1]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    // Transport error mode: the HTTP status says what failed.
+    let transport = |path: &str, body: Value| {
+        client
+            .post(hub.url(path))
+            .header("X-API-Key", API_KEY)
+            .header("X-Centrifugo-Error-Mode", "transport")
+            .json(&body)
+            .send()
+    };
+    let res = transport("/api/publish", json!({"channel": "ns:x", "data": 1}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], 102);
+    let res = transport("/api/publish", json!({"channel": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let res = transport(
+        "/api/history",
+        json!({"channel": "legacy", "limit": 1, "since": {"offset": 1, "epoch": "bogus"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 416);
+    let res = transport("/api/publish", json!({"channel": "ok", "data": 1}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["result"]["offset"], 1);
 }

@@ -1,32 +1,40 @@
 //! The Centrifugo server API: `POST /api/<method>` with a JSON body,
-//! authenticated by `X-API-Key: <key>` or `Authorization: apikey <key>`.
+//! authenticated by `X-API-Key: <key>`, `Authorization: apikey <key>` or
+//! `?api_key=<key>`; and Centrifugo's legacy form, `POST /api` with
+//! newline-separated `{"method", "params"}` commands.
 //!
 //! Answers are always HTTP 200 with `{"result": …}` or
 //! `{"error": {"code", "message"}}`, as Centrifugo does, except a missing or
 //! wrong key (401), an unknown method path (404) and a body that is not a
-//! JSON object (400).
+//! JSON object (400) — or, with `X-Centrifugo-Error-Mode: transport`, an
+//! error is the HTTP status Centrifugo maps it to, with the error as body.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::centrifugo::session::{read_history, VERSION};
-use crate::centrifugo::{Control, Node};
+use crate::centrifugo::{Control, Node, ServerSubscribe};
 use crate::history::Draft;
 use crate::protocol::centrifuge::{disconnect, errors, json_payload};
 
 type ApiResult = Result<Value, errors::Code>;
 
-fn authorized(node: &Node, headers: &HeaderMap) -> bool {
+fn authorized(node: &Node, headers: &HeaderMap, query: Option<&str>) -> bool {
     let Some(expected) = node.settings.api_key.as_deref() else {
         return false;
+    };
+    let from_query = || {
+        url::form_urlencoded::parse(query?.as_bytes())
+            .find(|(k, _)| k == "api_key")
+            .map(|(_, v)| v.into_owned())
     };
     let given = headers
         .get("x-api-key")
@@ -37,7 +45,8 @@ fn authorized(node: &Node, headers: &HeaderMap) -> bool {
             scheme
                 .eq_ignore_ascii_case("apikey")
                 .then(|| key.to_owned())
-        });
+        })
+        .or_else(from_query);
     given.is_some_and(|g| secret_eq(&g, expected))
 }
 
@@ -51,47 +60,158 @@ pub(crate) fn secret_eq(given: &str, expected: &str) -> bool {
             == 0
 }
 
-/// `POST /api/{method}`.
-pub async fn handle(
-    State(node): State<Arc<Node>>,
-    Path(method): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if !authorized(&node, &headers) {
+/// The answer to a request without a valid key, or over the publish rate
+/// (`publishes`: the request publishes).
+fn refusal(node: &Node, headers: &HeaderMap, uri: &Uri, publishes: bool) -> Option<Response> {
+    if !authorized(node, headers, uri.query()) {
         let msg = if node.settings.api_key.is_none() {
             "the server API is closed: no centrifugo.api_key is configured\n"
         } else {
             "invalid API key\n"
         };
         crate::metrics::auth_failure("api", "invalid api key");
-        return (StatusCode::UNAUTHORIZED, msg).into_response();
+        return Some((StatusCode::UNAUTHORIZED, msg).into_response());
     }
-    if matches!(method.as_str(), "publish" | "broadcast" | "batch")
-        && !node.api_rate.allow("centrifugo-api-key")
-    {
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, "1")],
-            "publish rate limit exceeded for this API key (limits.api_publish_rate)\n",
-        )
-            .into_response();
+    if publishes && !node.api_rate.allow("centrifugo-api-key") {
+        return Some(
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "1")],
+                "publish rate limit exceeded for this API key (limits.api_publish_rate)\n",
+            )
+                .into_response(),
+        );
+    }
+    None
+}
+
+fn publishes(method: &str) -> bool {
+    matches!(method, "publish" | "broadcast" | "batch")
+}
+
+/// `POST /api/{method}`.
+pub async fn handle(
+    State(node): State<Arc<Node>>,
+    Path(method): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = refusal(&node, &headers, &uri, publishes(&method)) {
+        return refused;
+    }
+    let transport_errors = headers
+        .get("x-centrifugo-error-mode")
+        .is_some_and(|v| v == "transport");
+    if transport_errors && METHODS.contains(&method.as_str()) {
+        let Some(params) = object(&body) else {
+            return not_an_object();
+        };
+        return match call(&node, &method, params).await {
+            Ok(result) => axum::Json(json!({ "result": result })).into_response(),
+            Err((code, message)) => (
+                http_status(code),
+                axum::Json(json!({ "code": code, "message": message })),
+            )
+                .into_response(),
+        };
     }
     respond(&node, &method, &body).await
 }
 
+/// The HTTP status of an error in transport error mode (Centrifugo's
+/// mapping: what it does not name is a server error).
+fn http_status(code: u32) -> StatusCode {
+    match code {
+        c if c == errors::UNKNOWN_CHANNEL.0 || c == errors::METHOD_NOT_FOUND.0 => {
+            StatusCode::NOT_FOUND
+        }
+        c if c == errors::BAD_REQUEST.0 || c == errors::NOT_AVAILABLE.0 => StatusCode::BAD_REQUEST,
+        c if c == errors::UNRECOVERABLE_POSITION.0 => StatusCode::RANGE_NOT_SATISFIABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// One command of the legacy form.
+#[derive(Deserialize)]
+struct LegacyCommand {
+    #[serde(default)]
+    id: u32,
+    method: String,
+    #[serde(default)]
+    params: Value,
+}
+
+/// `POST /api`: Centrifugo's legacy form, one `{"id", "method",
+/// "params"}` command per line, answered by one `{"id", "result" |
+/// "error"}` line each, in order.
+pub async fn handle_legacy(
+    State(node): State<Arc<Node>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let commands: Result<Vec<LegacyCommand>, _> = serde_json::Deserializer::from_slice(&body)
+        .into_iter()
+        .collect();
+    let commands = match commands {
+        Ok(c) if !c.is_empty() => c,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "the body must be one or more {\"method\", \"params\"} commands\n",
+            )
+                .into_response()
+        }
+    };
+    let publishing = commands.iter().any(|c| publishes(&c.method));
+    if let Some(refused) = refusal(&node, &headers, &uri, publishing) {
+        return refused;
+    }
+    let mut lines = Vec::new();
+    for c in commands {
+        let method = c.method.to_ascii_lowercase();
+        let params = if c.params.is_null() {
+            json!({})
+        } else {
+            c.params
+        };
+        let result = if !METHODS.contains(&method.as_str()) {
+            Err(errors::METHOD_NOT_FOUND)
+        } else if !params.is_object() {
+            Err(errors::BAD_REQUEST)
+        } else {
+            call(&node, &method, params).await
+        };
+        let mut reply = envelope(result);
+        if c.id != 0 {
+            reply["id"] = json!(c.id);
+        }
+        lines.push(reply.to_string());
+    }
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        lines.join("\n"),
+    )
+        .into_response()
+}
+
+/// The body as a JSON object (empty: `{}`), if it is one.
+fn object(body: &Bytes) -> Option<Value> {
+    if body.is_empty() {
+        return Some(json!({}));
+    }
+    serde_json::from_slice(body).ok().filter(Value::is_object)
+}
+
+fn not_an_object() -> Response {
+    (StatusCode::BAD_REQUEST, "the body must be a JSON object\n").into_response()
+}
+
 /// Runs an authorized API request (also for the admin dashboard).
 pub(crate) async fn respond(node: &Node, method: &str, body: &Bytes) -> Response {
-    let params: Value = if body.is_empty() {
-        json!({})
-    } else {
-        match serde_json::from_slice(body) {
-            Ok(v @ Value::Object(_)) => v,
-            _ => {
-                return (StatusCode::BAD_REQUEST, "the body must be a JSON object\n")
-                    .into_response()
-            }
-        }
+    let Some(params) = object(body) else {
+        return not_an_object();
     };
     if method == "batch" {
         return axum::Json(batch(node, params).await).into_response();
@@ -191,6 +311,13 @@ struct UserParams {
     expired: bool,
     #[serde(default)]
     expire_at: Option<u64>,
+    /// `subscribe`: channel info, and data for the subscribe push.
+    #[serde(default)]
+    info: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    data: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    b64data: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -285,7 +412,16 @@ async fn run_method(node: &Node, method: &str, params: Value) -> ApiResult {
             let p: UserParams = parse(params)?;
             check_channel(node, &p.channel)?;
             let control = if method == "subscribe" {
-                Control::Subscribe(p.channel)
+                let data = match (&p.data, &p.b64data) {
+                    (None, None) => Bytes::new(),
+                    _ => payload(p.data, p.b64data)?,
+                };
+                Control::Subscribe(ServerSubscribe {
+                    channel: p.channel,
+                    expire_at: p.expire_at.filter(|&at| at > 0),
+                    info: p.info.map(|raw| raw.get().to_owned()),
+                    data: data.to_vec(),
+                })
             } else {
                 Control::Unsubscribe(p.channel)
             };

@@ -5,7 +5,9 @@
 //! (connection info shown to others) and `channels` (server-side
 //! subscriptions). A subscription token carries `sub` (must be the
 //! connection's user), `channel`, optionally `exp` and `info` (channel
-//! info).
+//! info). Either may carry `expire_at`: then `exp` only bounds the token's
+//! use, and the connection or subscription lasts until `expire_at` (0:
+//! for ever), as in Centrifugo.
 
 use serde_json::Value;
 
@@ -40,6 +42,19 @@ pub struct SubscriptionToken {
 /// Why a token was refused.
 pub type TokenError = PlainTokenError;
 
+/// When what the token grants expires: `expire_at` if present (0: never),
+/// else `exp`. An `expire_at` already past refuses the token.
+fn expiry(claims: &Value) -> Result<Option<u64>, TokenError> {
+    match claims.get("expire_at").filter(|v| !v.is_null()) {
+        Some(v) => match v.as_u64().ok_or(TokenError::Invalid)? {
+            0 => Ok(None),
+            at if at <= crate::time::now_secs() => Err(TokenError::Expired),
+            at => Ok(Some(at)),
+        },
+        None => Ok(claims.get("exp").and_then(Value::as_u64)),
+    }
+}
+
 fn info(claims: &Value) -> Option<String> {
     claims
         .get("info")
@@ -64,7 +79,7 @@ pub fn connection(key: &TrustedKey, token: &str) -> Result<ConnectionToken, Toke
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned(),
-        expires_at: claims.get("exp").and_then(Value::as_u64),
+        expires_at: expiry(&claims)?,
         info: info(&claims),
         channels,
     })
@@ -84,7 +99,7 @@ pub fn subscription(key: &TrustedKey, token: &str) -> Result<SubscriptionToken, 
             .unwrap_or_default()
             .to_owned(),
         channel: channel.to_owned(),
-        expires_at: claims.get("exp").and_then(Value::as_u64),
+        expires_at: expiry(&claims)?,
         info: info(&claims),
     })
 }
@@ -128,6 +143,23 @@ mod tests {
         let other = super::super::jwt::mint(&json!({"sub": "1"}), "other", Algorithm::HS256, false)
             .unwrap();
         assert_eq!(connection(&key(), &other).unwrap_err(), TokenError::Invalid);
+    }
+
+    #[test]
+    fn expire_at_outlives_exp() {
+        let now = crate::time::now_secs();
+        let t = |claims| subscription(&key(), &sign(claims)).map(|t| t.expires_at);
+        let base = json!({"sub": "1", "channel": "c", "exp": now + 60});
+        assert_eq!(t(base.clone()), Ok(Some(now + 60)));
+        let mut later = base.clone();
+        later["expire_at"] = json!(now + 3600);
+        assert_eq!(t(later), Ok(Some(now + 3600)));
+        let mut never = base.clone();
+        never["expire_at"] = json!(0);
+        assert_eq!(t(never), Ok(None));
+        let mut past = base;
+        past["expire_at"] = json!(now - 1);
+        assert_eq!(t(past), Err(TokenError::Expired));
     }
 
     #[test]

@@ -65,7 +65,11 @@ impl TrustedKey {
     /// claims.
     pub fn verify_plain(&self, token: &str) -> Result<Value, PlainTokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| PlainTokenError::Invalid)?;
-        if !self.algorithms.contains(&header.alg) || header.jku.is_some() || header.jwk.is_some() {
+        if !self.algorithms.contains(&header.alg)
+            || header.jku.is_some()
+            || header.jwk.is_some()
+            || has_critical_extensions(token)
+        {
             return Err(PlainTokenError::Invalid);
         }
         let mut v = Validation::new(header.alg);
@@ -117,6 +121,21 @@ fn is_access_token_type(typ: Option<&str>) -> bool {
     })
 }
 
+/// Whether the token's header has `crit`: it names extensions the
+/// recipient must understand, and the hub understands none, so such a
+/// token is refused (RFC 7515 §4.1.11).
+fn has_critical_extensions(token: &str) -> bool {
+    use base64::Engine;
+    let Some(header) = token.split('.').next() else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()
+        .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
+        .is_some_and(|h| h.get("crit").is_some())
+}
+
 impl Verifier {
     /// Verifies `token` for `role`.
     pub fn verify(&self, token: &str, role: Role) -> Result<Grants, AuthError> {
@@ -125,6 +144,11 @@ impl Verifier {
         if header.jku.is_some() || header.jwk.is_some() || header.x5u.is_some() {
             // Key material from the token is never used; refuse outright.
             return Err(invalid("token carries its own key material".into()));
+        }
+        if has_critical_extensions(token) {
+            return Err(invalid(
+                "crit names extensions the hub does not support".into(),
+            ));
         }
         let modern = is_access_token_type(header.typ.as_deref());
         if !modern && !self.legacy {
@@ -231,6 +255,39 @@ mod tests {
         let g = verifier(false).verify(&t, Role::Subscriber).unwrap();
         assert_eq!(g.subject.as_deref(), Some("me"));
         assert!(g.may_read(["a"].into_iter()));
+    }
+
+    /// A token signed with `header` as its JOSE header.
+    fn signed_with_header(header: Value, claims: &Value) -> String {
+        use base64::Engine;
+        let b64 = |v: &Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+        };
+        let message = format!("{}.{}", b64(&header), b64(claims));
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{message}.{signature}")
+    }
+
+    #[test]
+    fn critical_extensions_are_refused() {
+        let plain = json!({"alg": "HS256", "typ": "at+jwt"});
+        let crit = json!({"alg": "HS256", "typ": "at+jwt", "crit": ["exp-ext"], "exp-ext": 1});
+        let v = verifier(false);
+        let ok = signed_with_header(plain, &claims(60));
+        assert!(
+            v.verify(&ok, Role::Subscriber).is_ok(),
+            "the same token without crit"
+        );
+        let t = signed_with_header(crit.clone(), &claims(60));
+        assert!(matches!(
+            v.verify(&t, Role::Subscriber),
+            Err(AuthError::InvalidToken(m)) if m.contains("crit")
+        ));
+        let key = TrustedKey::new(SECRET, Algorithm::HS256).unwrap();
+        let centrifugo = signed_with_header(crit, &json!({"sub": "1"}));
+        assert_eq!(key.verify_plain(&centrifugo), Err(PlainTokenError::Invalid));
     }
 
     #[test]

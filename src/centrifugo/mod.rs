@@ -147,7 +147,7 @@ impl Drop for EmulationInbox {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Control {
     /// Subscribe to a channel (server-side subscription).
-    Subscribe(String),
+    Subscribe(ServerSubscribe),
     /// Unsubscribe from a channel.
     Unsubscribe(String),
     /// Close the connection with a disconnect code.
@@ -166,6 +166,19 @@ impl Control {
     pub fn from_bytes(bytes: &[u8]) -> Option<Control> {
         postcard::from_bytes(bytes).ok()
     }
+}
+
+/// A server-side subscription asked through the server API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServerSubscribe {
+    /// The channel.
+    pub channel: String,
+    /// When the subscription ends (seconds since the Unix epoch).
+    pub expire_at: Option<u64>,
+    /// Channel info, as JSON text.
+    pub info: Option<String>,
+    /// Data for the subscribe push.
+    pub data: Vec<u8>,
 }
 
 /// A registered connection: controls reach it through its queue.

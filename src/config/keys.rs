@@ -65,3 +65,70 @@ fn kind(format: &Format) -> Option<Field> {
         _ => return None,
     })
 }
+
+/// Earlier names of namespace options (and Centrifugo's `_enabled` names
+/// of the proxy switches), accepted everywhere the current name is: in the
+/// file, in the environment and with `--set`. (Not serde aliases: those
+/// would confuse the schema tracing above.)
+const NAMESPACE_ALIASES: &[(&str, &str)] = &[
+    ("allow_subscribe", "allow_subscribe_for_client"),
+    ("allow_anonymous", "allow_subscribe_for_anonymous"),
+    ("allow_publish", "allow_publish_for_client"),
+    ("allow_presence", "allow_presence_for_client"),
+    ("allow_history", "allow_history_for_client"),
+    ("subscribe_proxy_enabled", "subscribe_proxy"),
+    ("publish_proxy_enabled", "publish_proxy"),
+    ("sub_refresh_proxy_enabled", "sub_refresh_proxy"),
+];
+
+const DEFAULT_NAMESPACE: &str = "centrifugo.channel.";
+
+/// The current name of `key` if it is an alias.
+pub fn canonical(key: &str) -> Option<String> {
+    let leaf = key.strip_prefix(DEFAULT_NAMESPACE)?;
+    NAMESPACE_ALIASES
+        .iter()
+        .find(|(old, _)| *old == leaf)
+        .map(|(_, new)| format!("{DEFAULT_NAMESPACE}{new}"))
+}
+
+/// The aliases of `key` (empty for most keys).
+pub fn aliases(key: &str) -> impl Iterator<Item = String> + '_ {
+    let leaf = key.strip_prefix(DEFAULT_NAMESPACE).unwrap_or_default();
+    NAMESPACE_ALIASES
+        .iter()
+        .filter(move |(_, new)| !leaf.is_empty() && *new == leaf)
+        .map(|(old, _)| format!("{DEFAULT_NAMESPACE}{old}"))
+}
+
+/// Renames aliases to current names in the file's namespace tables
+/// (`[centrifugo.channel]`, `[[centrifugo.namespaces]]`); both names in
+/// one table is an error.
+pub fn rename_aliases(config: &mut toml::Table) -> Result<(), String> {
+    let Some(toml::Value::Table(centrifugo)) = config.get_mut("centrifugo") else {
+        return Ok(());
+    };
+    let mut tables: Vec<&mut toml::Table> = Vec::new();
+    for (key, value) in centrifugo.iter_mut() {
+        match (key.as_str(), value) {
+            ("channel", toml::Value::Table(t)) => tables.push(t),
+            ("namespaces", toml::Value::Array(list)) => {
+                tables.extend(list.iter_mut().filter_map(toml::Value::as_table_mut))
+            }
+            _ => {}
+        }
+    }
+    for table in tables {
+        for (old, new) in NAMESPACE_ALIASES {
+            if let Some(value) = table.remove(*old) {
+                if table.contains_key(*new) {
+                    return Err(format!(
+                        "`{old}` and `{new}` are the same option: keep `{new}`"
+                    ));
+                }
+                table.insert((*new).to_owned(), value);
+            }
+        }
+    }
+    Ok(())
+}

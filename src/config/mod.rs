@@ -105,15 +105,21 @@ pub fn load(
         }
         None => toml::Table::new(),
     };
+    keys::rename_aliases(&mut table).map_err(ConfigError::Parse)?;
     for (key, kind) in keys() {
-        if let Some(raw) = env(&env_name(key)) {
-            set(&mut table, key, value_of(*kind, &raw, &env_name(key))?);
+        let names = std::iter::once(key.clone()).chain(keys::aliases(key));
+        if let Some((var, raw)) = names
+            .map(|k| env_name(&k))
+            .find_map(|var| Some((var.clone(), env(&var)?)))
+        {
+            set(&mut table, key, value_of(*kind, &raw, &var)?);
         }
     }
     for (key, raw) in overrides {
+        let key = keys::canonical(key).unwrap_or_else(|| key.clone());
         let (name, kind) = keys()
             .iter()
-            .find(|(k, _)| k == key)
+            .find(|(k, _)| *k == key)
             .ok_or_else(|| ConfigError::Parse(format!("unknown configuration key `{key}`")))?;
         set(&mut table, name, value_of(*kind, raw, name)?);
     }
@@ -197,10 +203,10 @@ pub const DEMO_NAMESPACE: &str = "demo";
 fn demo_namespace() -> Namespace {
     Namespace {
         name: DEMO_NAMESPACE.into(),
-        allow_subscribe: true,
-        allow_publish: true,
-        allow_presence: true,
-        allow_history: true,
+        allow_subscribe_for_client: true,
+        allow_publish_for_client: true,
+        allow_presence_for_client: true,
+        allow_history_for_client: true,
         presence: true,
         join_leave: true,
         force_recovery: true,
@@ -335,6 +341,32 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("sise"));
+    }
+
+    #[test]
+    fn earlier_namespace_option_names_still_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        let text = "[centrifugo.channel]\nallow_subscribe = true\n\
+                    [[centrifugo.namespaces]]\nname = \"chat\"\nallow_anonymous = true\n\
+                    allow_history = true\npublish_proxy_enabled = true\n";
+        std::fs::write(&file, text).unwrap();
+        let env = |k: &str| (k == "TIDINGS_CENTRIFUGO_CHANNEL_ALLOW_PUBLISH").then(|| "1".into());
+        let sets = [("centrifugo.channel.allow_presence".into(), "true".into())];
+        let c = load(Some(&file), env, &sets).unwrap();
+        let ch = &c.centrifugo.channel;
+        assert!(ch.allow_subscribe_for_client && ch.allow_publish_for_client);
+        assert!(ch.allow_presence_for_client && !ch.allow_subscribe_for_anonymous);
+        let chat = &c.centrifugo.namespaces[0];
+        assert!(chat.allow_subscribe_for_anonymous && chat.allow_history_for_client);
+        assert!(chat.publish_proxy && !chat.allow_subscribe_for_client);
+        std::fs::write(
+            &file,
+            "[centrifugo.channel]\nallow_publish = true\nallow_publish_for_client = false\n",
+        )
+        .unwrap();
+        let err = load(Some(&file), no_env, &[]).unwrap_err().to_string();
+        assert!(err.contains("same option"), "{err}");
     }
 
     #[test]

@@ -423,6 +423,12 @@ pub struct CentrifugoConfig {
     pub pong_timeout: String,
     /// How long a new connection may take to send its connect command.
     pub handshake_timeout: String,
+    /// How long past its token's expiry a connection may still refresh
+    /// before it is closed (3005).
+    pub expired_close_delay: String,
+    /// How long past its expiry a subscription may still be refreshed
+    /// before it ends (unsubscribe 2501).
+    pub expired_sub_close_delay: String,
     /// Most channels per connection.
     pub channel_limit: usize,
     /// Largest inbound frame, in bytes.
@@ -452,6 +458,8 @@ impl Default for CentrifugoConfig {
             ping_interval: "25s".into(),
             pong_timeout: "8s".into(),
             handshake_timeout: "10s".into(),
+            expired_close_delay: "25s".into(),
+            expired_sub_close_delay: "25s".into(),
             channel_limit: 128,
             max_frame: 65536,
             websocket_compression: false,

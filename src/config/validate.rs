@@ -433,10 +433,9 @@ impl Config {
         };
         let with = |ns: &Namespace, base: crate::history::Retention| -> Result<_, ConfigError> {
             Ok(crate::history::Retention {
-                size: match ns.history_size {
-                    Some(n) => positive("centrifugo.namespaces.history_size", n)?,
-                    None => base.size,
-                },
+                // 0 turns history off for clients; the hub still keeps the
+                // latest publication, which holds the channel's position.
+                size: ns.history_size.map_or(base.size, |n| n.max(1)),
                 ttl: match &ns.history_ttl {
                     Some(t) => duration("centrifugo.namespaces.history_ttl", t)?,
                     None => base.ttl,
@@ -547,6 +546,14 @@ impl Config {
                 .max(Duration::from_millis(100)),
             pong_timeout: duration("centrifugo.pong_timeout", &c.pong_timeout)?,
             handshake_timeout: duration("centrifugo.handshake_timeout", &c.handshake_timeout)?,
+            expired_close_delay: duration(
+                "centrifugo.expired_close_delay",
+                &c.expired_close_delay,
+            )?,
+            expired_sub_close_delay: duration(
+                "centrifugo.expired_sub_close_delay",
+                &c.expired_sub_close_delay,
+            )?,
             channel_limit: positive("centrifugo.channel_limit", c.channel_limit)?,
             max_frame: positive("centrifugo.max_frame", c.max_frame)?,
             websocket_compression: match c.websocket_compression_level {
@@ -560,6 +567,15 @@ impl Config {
                 }
             },
             transports,
+            channel_regexes: std::iter::once(&c.channel)
+                .chain(&c.namespaces)
+                .filter_map(|ns| Some((ns.name.clone(), ns.channel_regex.as_deref()?)))
+                .map(|(name, re)| {
+                    regex::Regex::new(re)
+                        .map(|r| (name, r))
+                        .map_err(|e| invalid("centrifugo.namespaces.channel_regex", e.to_string()))
+                })
+                .collect::<Result<_, _>>()?,
             default_namespace: c.channel.clone(),
             namespaces,
         })

@@ -187,6 +187,7 @@ pub fn router(
         .with_state(centrifugo.clone());
     let api = Router::new()
         .route("/api/{method}", post(crate::api::centrifugo::handle))
+        .route("/api", post(crate::api::centrifugo::handle_legacy))
         .with_state(node.clone());
     let operations = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

@@ -173,7 +173,7 @@ impl pump::Session for Connection {
             (!connected).then_some(d.handshake),
             connected.then_some(d.next_ping),
             d.pong,
-            self.session.expires_at().map(from_secs),
+            self.session.expiry_due().map(from_secs),
             self.session.next_sub_refresh().map(from_secs),
         ]
         .into_iter()
@@ -240,7 +240,7 @@ impl Connection {
             }
         }
         let now_secs = crate::time::now_secs();
-        if self.session.expires_at().is_some_and(|e| e <= now_secs) {
+        if self.session.expiry_due().is_some_and(|e| e <= now_secs) {
             Box::pin(self.session.expired()).await?;
         }
         if self
@@ -248,7 +248,7 @@ impl Connection {
             .next_sub_refresh()
             .is_some_and(|at| at <= now_secs)
         {
-            Box::pin(self.session.refresh_subscriptions(out)).await;
+            Box::pin(self.session.refresh_subscriptions(out)).await?;
         }
         Ok(())
     }

@@ -88,7 +88,9 @@ export class CentrifugoClient extends EventTarget {
   }
 
   async resubscribe(sub) {
-    const request = { channel: sub.channel };
+    // Ask for recovery and join/leave pushes, as centrifuge-js does for a
+    // subscription with `recoverable` and `joinLeave`.
+    const request = { channel: sub.channel, recoverable: true, join_leave: true };
     if (sub.epoch) Object.assign(request, { recover: true, offset: sub.offset, epoch: sub.epoch });
     const { subscribe: result } = await this.call({ subscribe: request });
     const replayed = result.publications || [];

@@ -57,7 +57,8 @@ test("connect with a JWT, subscribe, publications, join/leave and presence", asy
   const ctx = await connected;
   assert.ok(ctx.client, "no client id");
 
-  const sub = alice.newSubscription("chat:room");
+  // Centrifugo v6 pushes joins and leaves to subscribers that ask.
+  const sub = alice.newSubscription("chat:room", { joinLeave: true });
   const got = [];
   const joins = [];
   const leaves = [];
@@ -93,6 +94,37 @@ test("connect with a JWT, subscribe, publications, join/leave and presence", asy
   const history = await sub.history({ limit: 10 });
   assert.deepEqual(history.publications.map((p) => p.data.text), ["from the API", "hi from bob"]);
   alice.disconnect();
+});
+
+test("centrifuge-js refreshes its subscription token and stays subscribed past its expiry", async () => {
+  const hub = await startCentrifugoHub(SECRET, API_KEY, {
+    TIDINGS_CENTRIFUGO_EXPIRED_SUB_CLOSE_DELAY: "1s",
+  });
+  hubs.push(hub);
+  const c = client(`ws://127.0.0.1:${hub.port}/connection/websocket`, "vera");
+  let refreshes = 0;
+  const sub = c.newSubscription("$vip", {
+    // Each token lives 2 s: the hub ends the subscription 1 s after that
+    // unless the SDK sends `sub_refresh` with the next one.
+    getToken: async () => {
+      refreshes += 1;
+      return jwt({ sub: "vera", channel: "$vip", exp: nowSecs() + 2 }, SECRET);
+    },
+  });
+  const states = [];
+  const got = [];
+  sub.on("state", (ctx) => states.push(ctx.newState));
+  sub.on("unsubscribed", (ctx) => states.push(`unsubscribed ${ctx.code}`));
+  sub.on("publication", (ctx) => got.push(ctx.data.n));
+  c.connect();
+  sub.subscribe();
+  await waitFor(() => sub.state === "subscribed", "subscribed");
+  await new Promise((r) => setTimeout(r, 6000));
+  assert.ok(refreshes >= 3, `token fetched ${refreshes} times`);
+  assert.deepEqual(states, ["subscribing", "subscribed"], "never dropped");
+  await api(hub, "publish", { channel: "$vip", data: { n: 1 } });
+  await waitFor(() => got.length === 1, "a publication after the first token expired");
+  c.disconnect();
 });
 
 test("a dropped connection recovers the missed publications", async () => {

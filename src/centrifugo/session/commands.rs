@@ -39,7 +39,7 @@ impl Session {
                 Err(_) => return Ok(error_reply(id, errors::INTERNAL)),
             }
             tags.extend(r.tags);
-        } else if !ns.allow_publish {
+        } else if !ns.may_publish(self.asker(&req.channel)) {
             return Ok(error_reply(id, errors::PERMISSION_DENIED));
         }
         let info = self
@@ -101,11 +101,11 @@ impl Session {
             Ok(ns) => ns,
             Err(code) => return error_reply(id, code),
         };
-        if !ns.allow_presence {
-            return error_reply(id, errors::PERMISSION_DENIED);
-        }
         if !ns.presence {
             return error_reply(id, errors::NOT_AVAILABLE);
+        }
+        if !ns.may_see_presence(self.asker(channel)) {
+            return error_reply(id, errors::PERMISSION_DENIED);
         }
         let presence = self.node.hub.presence();
         if stats {
@@ -138,7 +138,10 @@ impl Session {
             Ok(ns) => ns,
             Err(code) => return error_reply(id, code),
         };
-        if !ns.allow_history {
+        if !ns.history_on() {
+            return error_reply(id, errors::NOT_AVAILABLE);
+        }
+        if !ns.may_read_history(self.asker(&req.channel)) {
             return error_reply(id, errors::PERMISSION_DENIED);
         }
         match read_history(

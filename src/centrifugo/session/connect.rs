@@ -131,7 +131,7 @@ impl Session {
                 ..wanted
             };
             let chan_info = chan_infos.remove(channel).flatten();
-            match self.join_channel(&sub_req, chan_info).await {
+            match self.join_channel(&sub_req, chan_info, true).await {
                 Ok(result) => {
                     subs.insert(channel.clone(), result);
                 }
@@ -295,18 +295,49 @@ impl Session {
         }
     }
 
-    /// When the next subscription refresh is due.
-    pub fn next_sub_refresh(&self) -> Option<u64> {
-        self.subs.values().filter_map(|s| s.refresh_at).min()
+    /// When the connection's expiry is acted on: at once when the refresh
+    /// proxy decides, else `expired_close_delay` after it, for a client
+    /// that refreshes at the last moment.
+    pub fn expiry_due(&self) -> Option<u64> {
+        let expires_at = self.connected.as_ref()?.expires_at?;
+        Some(if self.node.proxy.settings.refresh.is_some() {
+            expires_at
+        } else {
+            expires_at + self.node.settings.expired_close_delay.as_secs()
+        })
     }
 
-    /// Asks the sub refresh proxy about every subscription that is due; an
-    /// expired one is unsubscribed (2501).
-    pub async fn refresh_subscriptions(&mut self, out: &mut Outbox) {
-        let Some(endpoint) = self.node.proxy.settings.sub_refresh.clone() else {
-            return;
-        };
+    /// When the next subscription is due to be refreshed or to expire.
+    pub fn next_sub_refresh(&self) -> Option<u64> {
+        let grace = self.node.settings.expired_sub_close_delay.as_secs();
+        self.subs
+            .values()
+            .flat_map(|s| [s.refresh_at, s.expires_at.map(|at| at + grace)])
+            .flatten()
+            .min()
+    }
+
+    /// Ends every subscription whose expiry passed unrefreshed (unsubscribe
+    /// 2501; a server-side one closes the connection, 3006), and asks the
+    /// sub refresh proxy about every one that is due.
+    pub async fn refresh_subscriptions(&mut self, out: &mut Outbox) -> Result<(), Disconnect> {
         let now = crate::time::now_secs();
+        let grace = self.node.settings.expired_sub_close_delay.as_secs();
+        let expired: Vec<(String, bool)> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.expires_at.is_some_and(|at| at + grace <= now))
+            .map(|(c, s)| (c.clone(), s.server_side))
+            .collect();
+        for (channel, server_side) in expired {
+            if server_side {
+                return Err(close(disconnect::SUB_EXPIRED));
+            }
+            self.server_unsubscribe(channel, proto::unsubscribe::EXPIRED, out);
+        }
+        let Some(endpoint) = self.node.proxy.settings.sub_refresh.clone() else {
+            return Ok(());
+        };
         let due: Vec<String> = self
             .subs
             .iter()
@@ -332,9 +363,10 @@ impl Session {
                         sub.refresh_at = at;
                     }
                 }
-                None => self.server_unsubscribe(channel, SUBSCRIPTION_EXPIRED, out),
+                None => self.server_unsubscribe(channel, proto::unsubscribe::EXPIRED, out),
             }
         }
+        Ok(())
     }
 
     pub(super) fn ttl(&self, expires_at: Option<u64>) -> (bool, u32) {
@@ -370,18 +402,16 @@ impl Session {
         })
     }
 
+    /// A new subscription token for a subscribed channel: the
+    /// subscription lives on until the new expiry.
     pub(super) fn sub_refresh(&mut self, id: u32, req: proto::SubRefreshRequest) -> Reply {
-        let user = self
-            .connected
-            .as_ref()
-            .map(|c| c.user.clone())
-            .unwrap_or_default();
+        let user = self.user().to_owned();
         match tokens::subscription(&self.node.key, &req.token) {
-            Ok(t)
-                if t.channel == req.channel
-                    && t.user == user
-                    && self.subs.contains_key(&req.channel) =>
-            {
+            Ok(t) if t.channel == req.channel && t.user == user => {
+                let Some(sub) = self.subs.get_mut(&req.channel) else {
+                    return error_reply(id, errors::PERMISSION_DENIED);
+                };
+                sub.expires_at = t.expires_at;
                 let (expires, ttl) = self.ttl(t.expires_at);
                 Reply {
                     id,

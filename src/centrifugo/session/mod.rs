@@ -28,7 +28,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::encode::{self, client_info};
-use super::settings::Namespace;
+use super::settings::{limited_to, Asker, Namespace, PRIVATE_PREFIX};
 use super::{Control, Node, Transport};
 use crate::auth::centrifugo::{self as tokens, TokenError};
 use crate::history::{ClientInfo, Draft, Publication};
@@ -72,6 +72,12 @@ struct ChannelSub {
     pattern: Option<TopicMatcher>,
     /// When the subscribe proxy's `expire_at` comes (sub refresh proxy).
     refresh_at: Option<u64>,
+    /// When the subscription expires unless the client sends `sub_refresh`
+    /// (its token's expiry; `expired_sub_close_delay` is granted on top).
+    expires_at: Option<u64>,
+    /// Made by the server (connection token, server API): it cannot be
+    /// unsubscribed alone, so its expiry closes the connection.
+    server_side: bool,
     /// Live publications at or below this offset were sent in the
     /// subscribe reply (or precede the client's position).
     skip_upto: u64,
@@ -108,8 +114,6 @@ impl Refusal {
     }
 }
 
-/// Unsubscribe code when a subscription's refresh says it expired.
-const SUBSCRIPTION_EXPIRED: (u32, &str) = (2501, "subscription expired");
 /// How long a failed refresh proxy call waits before trying again.
 const REFRESH_RETRY_SECS: u64 = 10;
 
@@ -211,11 +215,6 @@ impl Session {
     /// Whether the connect command succeeded.
     pub fn is_connected(&self) -> bool {
         self.connected.is_some()
-    }
-
-    /// When the connection token expires (seconds since the Unix epoch).
-    pub fn expires_at(&self) -> Option<u64> {
-        self.connected.as_ref().and_then(|c| c.expires_at)
     }
 
     /// The client id.
@@ -342,7 +341,8 @@ fn url_base() -> url::Url {
 
 /// Reads a channel's history the way the protocol's `history` asks:
 /// `since` (offset + epoch; a different epoch is an unrecoverable position),
-/// `limit` (0: only the position; negative: no limit), `reverse`.
+/// `limit` (0: only the position; negative: no limit), `reverse` (newest
+/// first; with `since`, the publications before it).
 pub async fn read_history(
     node: &Node,
     channel: &str,
@@ -361,17 +361,33 @@ pub async fn read_history(
     if limit == 0 {
         return Ok((Vec::new(), position));
     }
-    let from = since.map_or(0, |s| s.offset);
+    let wanted = if limit > 0 {
+        (limit as usize).min(MAX_RECOVER)
+    } else {
+        MAX_RECOVER
+    };
+    // Forward: what follows `since`. Backward: what precedes it (or the
+    // newest), so that paging back with the oldest offset seen goes on.
+    let (from, before) = match (reverse, since) {
+        (false, s) => (s.map_or(0, |s| s.offset), u64::MAX),
+        (true, s) => {
+            let before = s.map_or(position.offset + 1, |s| s.offset);
+            (before.saturating_sub(wanted as u64 + 1), before)
+        }
+    };
+    let most = if reverse {
+        (before - from) as usize
+    } else {
+        MAX_RECOVER
+    };
     let (mut pubs, position) = history
-        .read_channel(channel, from, MAX_RECOVER)
+        .read_channel(channel, from, most)
         .await
         .map_err(internal)?;
-    pubs.retain(|p| !p.draft.private);
+    pubs.retain(|p| p.offset < before && !p.draft.private);
     if reverse {
         pubs.reverse();
     }
-    if limit > 0 {
-        pubs.truncate(limit as usize);
-    }
+    pubs.truncate(wanted);
     Ok((pubs, position))
 }

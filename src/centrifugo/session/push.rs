@@ -140,20 +140,23 @@ impl Session {
                 self.server_unsubscribe(channel, proto::unsubscribe::SERVER, out);
                 Ok(())
             }
-            Control::Subscribe(channel) => {
+            Control::Subscribe(sub) => {
                 let req = proto::SubscribeRequest {
-                    channel: channel.clone(),
+                    channel: sub.channel.clone(),
                     ..Default::default()
                 };
-                if let Ok(result) = self.join_channel(&req, None).await {
+                if let Ok(result) = self.join_channel(&req, sub.info, true).await {
+                    if let Some(joined) = self.subs.get_mut(&sub.channel) {
+                        joined.expires_at = sub.expire_at;
+                    }
                     let push = proto::Push {
-                        channel,
+                        channel: sub.channel,
                         subscribe: Some(proto::Subscribe {
                             recoverable: result.recoverable,
                             epoch: result.epoch,
                             offset: result.offset,
                             positioned: result.positioned,
-                            data: Bytes::new(),
+                            data: Bytes::from(sub.data),
                         }),
                         ..Default::default()
                     };

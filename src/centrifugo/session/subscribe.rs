@@ -4,16 +4,33 @@
 use super::*;
 
 impl Session {
+    /// The options of `channel`'s namespace: 102 for an unknown
+    /// namespace, 107 for a name its `channel_regex` refuses.
     pub(super) fn namespace(&self, channel: &str) -> Result<&Namespace, errors::Code> {
         if channel.is_empty() {
             return Err(errors::BAD_REQUEST);
         }
-        self.node
-            .settings
-            .namespace(channel)
-            .ok_or(errors::UNKNOWN_CHANNEL)
+        let settings = &self.node.settings;
+        let ns = settings.namespace(channel).ok_or(errors::UNKNOWN_CHANNEL)?;
+        if !settings.valid_name(ns, channel) {
+            return Err(errors::BAD_REQUEST);
+        }
+        Ok(ns)
     }
 
+    /// Who asks about `channel`, for the namespace's permissions.
+    pub(super) fn asker(&self, channel: &str) -> Asker {
+        Asker {
+            anonymous: self.user().is_empty(),
+            subscribed: self.subs.contains_key(channel),
+        }
+    }
+
+    /// Subscribes at the client's request. Allowed, in Centrifugo's order:
+    /// with a subscription token for this channel and user; on a
+    /// user-limited channel naming the user; by the subscribe proxy; by
+    /// the namespace's `allow_subscribe_for_*`. A private (`$`) channel
+    /// needs a token.
     pub(super) async fn subscribe(
         &mut self,
         id: u32,
@@ -30,6 +47,16 @@ impl Session {
             return Ok(error_reply(id, errors::LIMIT_EXCEEDED));
         }
         let user = self.user().to_owned();
+        let limited_to = ns
+            .allow_user_limited_channels
+            .then(|| limited_to(&req.channel))
+            .flatten();
+        let user_limited = limited_to.is_some();
+        let user_listed =
+            !user.is_empty() && limited_to.is_some_and(|mut users| users.any(|u| u == user));
+        if req.token.is_empty() && req.channel.starts_with(PRIVATE_PREFIX) {
+            return Ok(error_reply(id, errors::PERMISSION_DENIED));
+        }
         let mut chan_info = None;
         let mut sub_exp = None;
         let mut data = Bytes::new();
@@ -39,7 +66,13 @@ impl Session {
                     chan_info = t.info;
                     sub_exp = t.expires_at;
                 }
-                Ok(_) | Err(TokenError::Invalid) => {
+                Ok(_) => {
+                    // A token for another channel or user: Centrifugo treats
+                    // it as a forged one.
+                    crate::metrics::auth_failure("centrifugo", "subscription token mismatch");
+                    return Err(close(disconnect::INVALID_TOKEN));
+                }
+                Err(TokenError::Invalid) => {
                     crate::metrics::auth_failure("centrifugo", "invalid subscription token");
                     return Ok(error_reply(id, errors::PERMISSION_DENIED));
                 }
@@ -48,8 +81,11 @@ impl Session {
                     return Ok(error_reply(id, errors::TOKEN_EXPIRED));
                 }
             }
-        } else if let (true, Some(endpoint)) = (
+        } else if user_listed {
+            // A user-limited channel naming this user: no token needed.
+        } else if let (true, false, Some(endpoint)) = (
             ns.subscribe_proxy,
+            user_limited,
             self.node.proxy.settings.subscribe.clone(),
         ) {
             let request = backend::ChannelRequest {
@@ -68,20 +104,21 @@ impl Session {
             chan_info = info;
             data = reply_data.unwrap_or_default();
             sub_exp = (r.expire_at > 0).then_some(r.expire_at);
-        } else if !ns.allow_subscribe || (user.is_empty() && !ns.allow_anonymous) {
+        } else if user_limited || !ns.may_subscribe(self.asker(&req.channel)) {
             return Ok(error_reply(id, errors::PERMISSION_DENIED));
         }
-        Ok(match self.join_channel(&req, chan_info).await {
+        Ok(match self.join_channel(&req, chan_info, false).await {
             Ok(mut result) => {
                 result.data = data;
-                if ns.sub_refresh_proxy && sub_exp.is_some() {
-                    // The hub refreshes it through the proxy; the client
-                    // is not told it expires.
-                    if let Some(sub) = self.subs.get_mut(&req.channel) {
+                if let Some(sub) = self.subs.get_mut(&req.channel) {
+                    if ns.sub_refresh_proxy {
+                        // The hub refreshes it through the proxy; the client
+                        // is not told it expires.
                         sub.refresh_at = sub_exp;
+                    } else {
+                        sub.expires_at = sub_exp;
+                        (result.expires, result.ttl) = self.ttl(sub_exp);
                     }
-                } else {
-                    (result.expires, result.ttl) = self.ttl(sub_exp);
                 }
                 Reply {
                     id,
@@ -95,10 +132,14 @@ impl Session {
 
     /// Registers a subscription, answers its position (recovering missed
     /// publications when asked), and records presence.
+    /// What the namespace grants decides whether it recovers (asked with
+    /// `recoverable` or `recover`) and pushes joins and leaves (asked with
+    /// `join_leave`).
     pub(super) async fn join_channel(
         &mut self,
         req: &proto::SubscribeRequest,
         chan_info: Option<String>,
+        server_side: bool,
     ) -> Result<proto::SubscribeResult, errors::Code> {
         let ns = self.namespace(&req.channel)?.clone();
         if self.subs.contains_key(&req.channel) {
@@ -107,6 +148,12 @@ impl Session {
         if ns.wildcards && is_pattern(&req.channel) {
             return self.join_pattern(req, &ns, chan_info);
         }
+        let who = Asker {
+            subscribed: true,
+            ..self.asker(&req.channel)
+        };
+        let recoverable = ns.recovers(req.recover || req.recoverable, who);
+        let push_join_leave = ns.pushes_join_leave(req.join_leave, who);
         let hub = &self.node.hub;
         let matcher = TopicMatcher::new(MatcherType::Exact, &req.channel, &url_base())
             .map_err(|_| errors::BAD_REQUEST)?;
@@ -115,10 +162,9 @@ impl Session {
             &self.sink,
             vec![matcher],
             Arc::new(PublicOnly),
-            ns.join_leave,
+            push_join_leave,
         );
-        let recovering =
-            req.recover || (ns.force_recovery && (req.offset > 0 || !req.epoch.is_empty()));
+        let recovering = recoverable && (req.recover || req.offset > 0 || !req.epoch.is_empty());
         let history = hub.history();
         let internal = |e: crate::history::HistoryError| {
             tracing::error!(error = %e, "history read failed");
@@ -182,6 +228,8 @@ impl Session {
                 _handle: handle,
                 pattern: None,
                 refresh_at: None,
+                expires_at: None,
+                server_side,
                 skip_upto,
                 epoch: position.epoch.to_string(),
                 info,
@@ -201,13 +249,17 @@ impl Session {
                 .extend(publications.iter().filter(|p| !p.draft.private).cloned());
         }
         Ok(proto::SubscribeResult {
-            recoverable: true,
+            recoverable,
             epoch: position.epoch,
             offset,
             recovered,
             was_recovering: recovering,
-            positioned: req.positioned,
-            publications: if (recovered || recovering) && !replay_as_events {
+            // Nothing checks a subscriber's position against the stream
+            // beyond the epoch, so positioning is not claimed.
+            positioned: false,
+            // A failed recovery sends nothing: the client would take what
+            // it got for a complete stream.
+            publications: if recovered && !replay_as_events {
                 publications
                     .iter()
                     .filter(|p| !p.draft.private)
@@ -254,6 +306,8 @@ impl Session {
                 _handle: handle,
                 pattern: Some(matcher),
                 refresh_at: None,
+                expires_at: None,
+                server_side: false,
                 skip_upto: 0,
                 epoch: String::new(),
                 info,

@@ -143,6 +143,8 @@ pub mod disconnect {
     pub const SERVER_ERROR: Code = (3004, "internal server error");
     /// The connection token expired and was not refreshed.
     pub const EXPIRED: Code = (3005, "connection expired");
+    /// A server-side subscription expired and was not refreshed.
+    pub const SUB_EXPIRED: Code = (3006, "subscription expired");
     /// The client could not keep up; resume from history.
     pub const SLOW: Code = (3008, "slow");
     /// The client's position in a stream is wrong; resume from history.
@@ -175,6 +177,8 @@ pub mod unsubscribe {
     pub const SERVER: Code = (2000, "server unsubscribe");
     /// The client's position is lost; resubscribe and recover.
     pub const INSUFFICIENT: Code = (2500, "insufficient state");
+    /// The subscription expired and was not refreshed in time.
+    pub const EXPIRED: Code = (2501, "subscription expired");
 }
 
 /// A reply carrying an error.
@@ -184,7 +188,8 @@ pub fn error_reply(id: u32, code: errors::Code) -> Reply {
         error: Some(Error {
             code: code.0,
             message: code.1.to_owned(),
-            temporary: code == errors::INTERNAL,
+            // The client may try again: after a while, or at a lower rate.
+            temporary: code == errors::INTERNAL || code == errors::TOO_MANY_REQUESTS,
         }),
         ..Default::default()
     }
