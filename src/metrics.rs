@@ -151,7 +151,7 @@ fn describe() {
     );
     describe_gauge!(
         "tidings_delivery_queue_depth_max",
-        "Deliveries waiting in the fullest connection queue (hub.queue_capacity is the limit)."
+        "Deliveries waiting in the fullest connection queue (hub.queue_size is the limit)."
     );
     describe_histogram!(
         "tidings_history_append_seconds",

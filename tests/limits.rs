@@ -96,17 +96,23 @@ async fn total_and_per_ip_connection_limits_refuse_only_new_connections() {
         .await
         .ends_with("ok\n"));
     // ...until the total is reached: 503 for everybody. (The connection
-    // just closed may hold its place a moment longer: a fourth one is held
-    // once it was admitted, i.e. not answered a refusal.)
+    // just closed may hold its place a moment longer, so the fourth place
+    // is taken by a connection that was answered 200 and kept alive; a
+    // refused one is answered only once it sends a request, so silence
+    // would prove nothing.)
     let _held = loop {
         let other = tokio::net::TcpSocket::new_v4().unwrap();
         other.bind("127.0.0.3:0".parse().unwrap()).unwrap();
         let mut held = other.connect(hub.addr.parse().unwrap()).await.unwrap();
-        let mut byte = [0u8; 1];
-        let refused = tokio::time::timeout(Duration::from_millis(200), held.read(&mut byte)).await;
-        if refused.is_err() {
+        held.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        held.read_exact(&mut head).await.unwrap();
+        if head.starts_with(b"HTTP/1.1 200") {
             break held;
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let answer = raw_get(&hub, "127.0.0.4", "/healthz").await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");

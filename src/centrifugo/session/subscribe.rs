@@ -132,6 +132,7 @@ impl Session {
 
     /// Registers a subscription, answers its position (recovering missed
     /// publications when asked), and records presence.
+    ///
     /// What the namespace grants decides whether it recovers (asked with
     /// `recoverable` or `recover`) and pushes joins and leaves (asked with
     /// `join_leave`).

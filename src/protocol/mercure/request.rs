@@ -157,13 +157,22 @@ pub fn parse_publish(
 /// Whether `topic`, resolved against the hub URL, names a path under the
 /// hub's own (reserved for subscription events). Paths are compared after
 /// dot-segment removal and decoding of percent-encoded unreserved characters
-/// so that `/.well-known/%6Dercure/x` cannot slip through.
+/// so that `/.well-known/%6Dercure/x` cannot slip through. A URL with an
+/// opaque path (`urn:uuid:/.well-known/mercure`) has no path to be under.
 pub fn addresses_reserved_namespace(topic: &str, hub: &Url) -> bool {
     let Ok(resolved) = hub.join(topic) else {
         return false;
     };
+    if resolved.cannot_be_a_base() {
+        return false;
+    }
     let decoded = decode_unreserved(resolved.path());
-    let path = match resolved.join(&decoded) {
+    // Resolved as a relative path, so that what decoding revealed can
+    // neither change the scheme nor the host: only dot segments go.
+    let path = match resolved
+        .join("/")
+        .and_then(|root| root.join(&format!(".{decoded}")))
+    {
         Ok(u) => u.path().to_owned(),
         Err(_) => decoded,
     };
@@ -377,7 +386,19 @@ mod tests {
                 "{t}"
             );
         }
-        assert!(parse_publish(pairs(&[("topic", "/.well-known/mercurex")]), &hub(), &l).is_ok());
+        // Opaque paths are not under the hub's path (the WHATWG URL
+        // parser agrees: `new URL("urn:uuid:/.well-known/mercure").pathname`
+        // is `uuid:/.well-known/mercure`).
+        for t in [
+            "/.well-known/mercurex",
+            "urn:uuid:/.well-known/mercure",
+            "urn:x:/.well-known/mercure/x",
+        ] {
+            assert!(
+                parse_publish(pairs(&[("topic", t)]), &hub(), &l).is_ok(),
+                "{t}"
+            );
+        }
         assert!(matches!(
             err(&[("topic", "a"), ("id", "#x")]),
             RequestError::BadRequest(_)
