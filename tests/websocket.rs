@@ -802,3 +802,39 @@ async fn centrifugo_v6_api_forms_legacy_route_query_key_and_transport_errors() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap()["result"]["offset"], 1);
 }
+
+#[tokio::test]
+async fn configured_audience_and_issuer_are_required() {
+    let hub = start(&[
+        ("centrifugo.token_audience", "chat-app"),
+        ("centrifugo.token_issuer", "https://auth.example"),
+    ]);
+    let now = tidings::time::now_secs();
+    let token = |claims: Value| {
+        tidings::auth::jwt::mint(&claims, SECRET, jsonwebtoken::Algorithm::HS256, false).unwrap()
+    };
+    let connect = |t: String| json!({"id": 1, "connect": {"token": t}}).to_string();
+    let good = json!({"sub": "u", "exp": now + 60, "aud": ["other", "chat-app"], "iss": "https://auth.example"});
+    let mut ws = dial(&hub, None).await.unwrap();
+    send(&mut ws, &connect(token(good.clone()))).await;
+    assert!(recv(&mut ws).await[0]["connect"]["client"].is_string());
+    // A subscription token is held to the same claims.
+    let sub =
+        |claims: Value| json!({"id": 2, "subscribe": {"channel": "$a", "token": token(claims)}});
+    send(
+        &mut ws,
+        &sub(json!({"sub": "u", "channel": "$a"})).to_string(),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await[0]["error"]["code"], 103);
+    for bad in [
+        json!({"sub": "u", "exp": now + 60, "iss": "https://auth.example"}),
+        json!({"sub": "u", "exp": now + 60, "aud": "elsewhere", "iss": "https://auth.example"}),
+        json!({"sub": "u", "exp": now + 60, "aud": "chat-app"}),
+        json!({"sub": "u", "exp": now + 60, "aud": "chat-app", "iss": "https://evil.example"}),
+    ] {
+        let mut ws = dial(&hub, None).await.unwrap();
+        send(&mut ws, &connect(token(bad.clone()))).await;
+        assert_eq!(closed(&mut ws).await.0, 3500, "{bad}");
+    }
+}

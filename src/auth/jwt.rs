@@ -30,6 +30,9 @@ pub enum Role {
 pub struct TrustedKey {
     key: DecodingKey,
     algorithms: Vec<Algorithm>,
+    /// Required `aud` and `iss` of plain tokens, if configured.
+    audience: Option<String>,
+    issuer: Option<String>,
 }
 
 impl TrustedKey {
@@ -55,14 +58,24 @@ impl TrustedKey {
         Ok(TrustedKey {
             key,
             algorithms: vec![algorithm],
+            audience: None,
+            issuer: None,
         })
+    }
+
+    /// Plain tokens must carry this `aud` (among others) and this `iss`
+    /// (Centrifugo's `token.audience` / `token.issuer`).
+    pub fn expecting(mut self, audience: Option<String>, issuer: Option<String>) -> Self {
+        self.audience = audience;
+        self.issuer = issuer;
+        self
     }
 }
 
 impl TrustedKey {
     /// Verifies a token's signature, algorithm, `exp` (if present) and `nbf`,
-    /// without audience or issuer checks (Centrifugo tokens), and returns its
-    /// claims.
+    /// and `aud`/`iss` only where [`TrustedKey::expecting`] asked for them
+    /// (Centrifugo tokens), and returns its claims.
     pub fn verify_plain(&self, token: &str) -> Result<Value, PlainTokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| PlainTokenError::Invalid)?;
         if !self.algorithms.contains(&header.alg)
@@ -77,7 +90,17 @@ impl TrustedKey {
         v.leeway = 0;
         v.validate_nbf = true;
         v.validate_aud = false;
-        v.set_required_spec_claims::<&str>(&[]);
+        let mut required = Vec::new();
+        if let Some(aud) = &self.audience {
+            v.set_audience(&[aud]);
+            v.validate_aud = true;
+            required.push("aud");
+        }
+        if let Some(iss) = &self.issuer {
+            v.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        v.set_required_spec_claims(&required);
         jsonwebtoken::decode::<Value>(token, &self.key, &v)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {

@@ -224,7 +224,10 @@ impl Node {
         limits: LimitSettings,
         api_rate: Arc<KeyedRateLimiter>,
     ) -> Result<Arc<Node>, String> {
-        let key = TrustedKey::new(&settings.token_key, settings.token_algorithm)?;
+        let key = TrustedKey::new(&settings.token_key, settings.token_algorithm)?.expecting(
+            settings.token_audience.clone(),
+            settings.token_issuer.clone(),
+        );
         let node = Arc::new(Node {
             hub,
             settings,

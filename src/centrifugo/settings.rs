@@ -184,6 +184,10 @@ pub struct CentrifugoSettings {
     pub token_algorithm: Algorithm,
     /// Whether the development key is in use.
     pub dev_key: bool,
+    /// `aud` every token must carry, if set.
+    pub token_audience: Option<String>,
+    /// `iss` every token must carry, if set.
+    pub token_issuer: Option<String>,
     /// Server API key.
     pub api_key: Option<String>,
     /// Anonymous connections allowed.

@@ -411,6 +411,10 @@ pub struct CentrifugoConfig {
     pub token_key_file: Option<PathBuf>,
     /// Algorithm of that key.
     pub token_algorithm: String,
+    /// `aud` connection and subscription tokens must carry.
+    pub token_audience: Option<String>,
+    /// `iss` connection and subscription tokens must carry.
+    pub token_issuer: Option<String>,
     /// Key of the server API (`X-API-Key`); the API is closed when unset.
     pub api_key: Option<String>,
     /// Allow connections without a token.
@@ -452,6 +456,8 @@ impl Default for CentrifugoConfig {
             token_key: None,
             token_key_file: None,
             token_algorithm: "HS256".into(),
+            token_audience: None,
+            token_issuer: None,
             api_key: None,
             anonymous: false,
             allowed_origins: Vec::new(),

@@ -539,6 +539,8 @@ impl Config {
             token_key,
             token_algorithm,
             dev_key,
+            token_audience: c.token_audience.clone().filter(|a| !a.is_empty()),
+            token_issuer: c.token_issuer.clone().filter(|i| !i.is_empty()),
             api_key: c.api_key.clone(),
             anonymous: c.anonymous,
             allowed_origins: c.allowed_origins.clone(),
