@@ -465,3 +465,76 @@ async fn server_side_subscriptions_expire_with_a_disconnect() {
     assert_eq!(pushes[0]["subscribe"]["data"]["welcome"], 1, "{pushes:?}");
     assert_eq!(closed(&mut user).await.0, 3006);
 }
+
+#[tokio::test]
+async fn token_claims_subs_b64info_and_client() {
+    let hub = hub(&[]);
+    let now = tidings::time::now_secs();
+    let mint = |claims: Value| {
+        tidings::auth::jwt::mint(&claims, SECRET, jsonwebtoken::Algorithm::HS256, false).unwrap()
+    };
+    // `subs`: server-side subscriptions with their channel info and data;
+    // `b64info`: connection info in base64.
+    let token = mint(json!({
+        "sub": "ivy", "exp": now + 60, "b64info": "eyJuYW1lIjoiSXZ5In0=",
+        "subs": {"client:feed": {"info": {"role": "reader"}, "data": {"welcome": true}}}
+    }));
+    let mut ws = dial(&hub, None).await.unwrap();
+    send(
+        &mut ws,
+        &json!({"id": 1, "connect": {"token": token}}).to_string(),
+    )
+    .await;
+    let reply = recv(&mut ws).await.remove(0);
+    let sub = &reply["connect"]["subs"]["client:feed"];
+    assert_eq!(sub["data"]["welcome"], true, "{reply}");
+    let client = reply["connect"]["client"].as_str().unwrap().to_owned();
+    let presence = call(&mut ws, 2, json!({"presence": {"channel": "client:feed"}})).await;
+    let me = &presence["presence"]["presence"][&client];
+    assert_eq!(me["conn_info"]["name"], "Ivy", "{presence}");
+    assert_eq!(me["chan_info"]["role"], "reader", "{presence}");
+    // A subscription token bound to this connection works here…
+    let bound = |client: &str| {
+        mint(json!({"sub": "ivy", "channel": "$mine", "client": client, "exp": now + 60}))
+    };
+    let r = call(
+        &mut ws,
+        3,
+        json!({"subscribe": {"channel": "$mine", "token": bound(&client)}}),
+    )
+    .await;
+    assert_eq!(code(&r), 0, "{r}");
+    // …and closes any other connection that presents it (3500).
+    let mut other = connected(&hub, "ivy").await;
+    let frame = json!({"id": 2, "subscribe": {"channel": "$mine", "token": bound(&client)}});
+    send(&mut other, &frame.to_string()).await;
+    assert_eq!(closed(&mut other).await.0, 3500);
+}
+
+#[tokio::test]
+async fn api_refresh_tells_the_client_its_new_expiry() {
+    let hub = hub(&[("centrifugo.expired_close_delay", "1s")]);
+    let mut ws = dial(&hub, None).await.unwrap();
+    send(
+        &mut ws,
+        &json!({"id": 1, "connect": {"token": conn_token("joy", 2)}}).to_string(),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await[0]["connect"]["expires"], true);
+    let expire_at = tidings::time::now_secs() + 3600;
+    let (status, _) = api(
+        &hub,
+        "refresh",
+        json!({"user": "joy", "expire_at": expire_at}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let pushes = pushes_within(&mut ws, Duration::from_millis(300)).await;
+    let refresh = &pushes[0]["refresh"];
+    assert_eq!(refresh["expires"], true, "{pushes:?}");
+    assert!(refresh["ttl"].as_u64().unwrap() > 3000, "{pushes:?}");
+    // Past the token's expiry and the grace, still connected.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let r = call(&mut ws, 2, json!({"ping": {}})).await;
+    assert!(r["ping"].is_object(), "{r}");
+}

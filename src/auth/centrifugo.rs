@@ -2,10 +2,11 @@
 //! channels it may join.
 //!
 //! A connection token carries `sub` (the user), optionally `exp`, `info`
-//! (connection info shown to others) and `channels` (server-side
-//! subscriptions). A subscription token carries `sub` (must be the
-//! connection's user), `channel`, optionally `exp` and `info` (channel
-//! info). Either may carry `expire_at`: then `exp` only bounds the token's
+//! or `b64info` (connection info shown to others), `channels` and `subs`
+//! (server-side subscriptions; `subs` with each one's `info` and `data`).
+//! A subscription token carries `sub` (must be the connection's user),
+//! `channel`, optionally `client` (then only that connection may use it),
+//! `exp` and `info` / `b64info` (channel info). Either may carry `expire_at`: then `exp` only bounds the token's
 //! use, and the connection or subscription lasts until `expire_at` (0:
 //! for ever), as in Centrifugo.
 
@@ -22,8 +23,20 @@ pub struct ConnectionToken {
     pub expires_at: Option<u64>,
     /// `info`, as JSON text.
     pub info: Option<String>,
-    /// `channels`: server-side subscriptions.
+    /// `channels`, and the channels of `subs`: server-side subscriptions.
     pub channels: Vec<String>,
+    /// `subs`: channel info and subscribe data of server-side
+    /// subscriptions, by channel.
+    pub subs: std::collections::HashMap<String, ServerSideSub>,
+}
+
+/// What a connection token's `subs` says of one server-side subscription.
+#[derive(Debug, Clone, Default)]
+pub struct ServerSideSub {
+    /// `info` / `b64info`, as text.
+    pub info: Option<String>,
+    /// `data` / `b64data`, for the subscribe result.
+    pub data: bytes::Bytes,
 }
 
 /// A verified subscription token.
@@ -37,6 +50,8 @@ pub struct SubscriptionToken {
     pub expires_at: Option<u64>,
     /// `info`, as JSON text.
     pub info: Option<String>,
+    /// `client`: the only connection that may use the token.
+    pub client: Option<String>,
 }
 
 /// Why a token was refused.
@@ -55,11 +70,45 @@ fn expiry(claims: &Value) -> Result<Option<u64>, TokenError> {
     }
 }
 
-fn info(claims: &Value) -> Option<String> {
-    claims
-        .get("info")
-        .filter(|v| !v.is_null())
-        .map(Value::to_string)
+/// `name` as JSON text, or `b64name` decoded (as text: the JSON protocol
+/// carries it inline).
+fn payload(claims: &Value, name: &str) -> Result<Option<String>, TokenError> {
+    use base64::Engine;
+    if let Some(v) = claims.get(name).filter(|v| !v.is_null()) {
+        return Ok(Some(v.to_string()));
+    }
+    match claims.get(format!("b64{name}")).and_then(Value::as_str) {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(|bytes| Some(String::from_utf8_lossy(&bytes).into_owned()))
+            .map_err(|_| TokenError::Invalid),
+        None => Ok(None),
+    }
+}
+
+fn info(claims: &Value) -> Result<Option<String>, TokenError> {
+    payload(claims, "info")
+}
+
+/// `subs`: `{channel: {info, b64info, data, b64data}}`.
+fn server_side_subs(
+    claims: &Value,
+) -> Result<std::collections::HashMap<String, ServerSideSub>, TokenError> {
+    let Some(subs) = claims.get("subs").filter(|v| !v.is_null()) else {
+        return Ok(Default::default());
+    };
+    let subs = subs.as_object().ok_or(TokenError::Invalid)?;
+    subs.iter()
+        .map(|(channel, options)| {
+            let sub = ServerSideSub {
+                info: info(options)?,
+                data: payload(options, "data")?
+                    .map(bytes::Bytes::from)
+                    .unwrap_or_default(),
+            };
+            Ok((channel.clone(), sub))
+        })
+        .collect()
 }
 
 /// Verifies a connection token.
@@ -80,8 +129,9 @@ pub fn connection(key: &TrustedKey, token: &str) -> Result<ConnectionToken, Toke
             .unwrap_or_default()
             .to_owned(),
         expires_at: expiry(&claims)?,
-        info: info(&claims),
+        info: info(&claims)?,
         channels,
+        subs: server_side_subs(&claims)?,
     })
 }
 
@@ -100,7 +150,12 @@ pub fn subscription(key: &TrustedKey, token: &str) -> Result<SubscriptionToken, 
             .to_owned(),
         channel: channel.to_owned(),
         expires_at: expiry(&claims)?,
-        info: info(&claims),
+        info: info(&claims)?,
+        client: claims
+            .get("client")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned),
     })
 }
 
@@ -143,6 +198,23 @@ mod tests {
         let other = super::super::jwt::mint(&json!({"sub": "1"}), "other", Algorithm::HS256, false)
             .unwrap();
         assert_eq!(connection(&key(), &other).unwrap_err(), TokenError::Invalid);
+    }
+
+    #[test]
+    fn server_side_subs_and_b64_payloads() {
+        let t = connection(
+            &key(),
+            &sign(
+                json!({"sub": "1", "b64info": "eyJhIjoxfQ==", "channels": ["a"],
+                         "subs": {"b": {"info": {"r": 1}, "b64data": "eyJoaSI6MX0="}}}),
+            ),
+        )
+        .unwrap();
+        assert_eq!(t.info.as_deref(), Some("{\"a\":1}"));
+        assert_eq!(t.subs["b"].info.as_deref(), Some("{\"r\":1}"));
+        assert_eq!(&t.subs["b"].data[..], b"{\"hi\":1}");
+        assert!(connection(&key(), &sign(json!({"subs": ["b"]}))).is_err());
+        assert!(connection(&key(), &sign(json!({"b64info": "%%"}))).is_err());
     }
 
     #[test]

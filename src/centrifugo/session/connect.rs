@@ -100,13 +100,22 @@ impl Session {
                 }
             }
         };
-        if token.channels.len() > s.channel_limit {
-            return Err(close(disconnect::CHANNEL_LIMIT));
-        }
         let (data, meta, mut chan_infos) = match from_backend {
             Some(b) => (b.data, b.meta, b.chan_infos),
             None => (Bytes::new(), None, HashMap::new()),
         };
+        let mut channels = token.channels.clone();
+        let mut sub_data = HashMap::new();
+        for (channel, sub) in &token.subs {
+            if !channels.contains(channel) {
+                channels.push(channel.clone());
+            }
+            chan_infos.insert(channel.clone(), sub.info.clone());
+            sub_data.insert(channel.clone(), sub.data.clone());
+        }
+        if channels.len() > s.channel_limit {
+            return Err(close(disconnect::CHANNEL_LIMIT));
+        }
         let connected = Connected {
             user: token.user.clone(),
             conn_info: token.info.clone(),
@@ -124,7 +133,7 @@ impl Session {
             self.node.webhooks.emit(self.event(EventKind::Connect));
         }
         let mut subs = HashMap::new();
-        for channel in &token.channels {
+        for channel in &channels {
             let wanted = req.subs.get(channel).cloned().unwrap_or_default();
             let sub_req = proto::SubscribeRequest {
                 channel: channel.clone(),
@@ -132,7 +141,8 @@ impl Session {
             };
             let chan_info = chan_infos.remove(channel).flatten();
             match self.join_channel(&sub_req, chan_info, true).await {
-                Ok(result) => {
+                Ok(mut result) => {
+                    result.data = sub_data.remove(channel).unwrap_or_default();
                     subs.insert(channel.clone(), result);
                 }
                 Err(code) => {
@@ -250,6 +260,7 @@ impl Session {
             expires_at: (r.expire_at > 0).then_some(r.expire_at),
             info: r.info.text().map_err(malformed)?,
             channels,
+            subs: HashMap::new(),
         };
         let data = r.payload.bytes().map_err(malformed)?.unwrap_or_default();
         Ok((
@@ -407,7 +418,11 @@ impl Session {
     pub(super) fn sub_refresh(&mut self, id: u32, req: proto::SubRefreshRequest) -> Reply {
         let user = self.user().to_owned();
         match tokens::subscription(&self.node.key, &req.token) {
-            Ok(t) if t.channel == req.channel && t.user == user => {
+            Ok(t)
+                if t.channel == req.channel
+                    && t.user == user
+                    && t.client.as_ref().is_none_or(|c| *c == self.client) =>
+            {
                 let Some(sub) = self.subs.get_mut(&req.channel) else {
                     return error_reply(id, errors::PERMISSION_DENIED);
                 };

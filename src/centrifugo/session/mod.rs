@@ -166,6 +166,9 @@ pub struct Session {
     last_pattern_seq: u64,
     /// Set when a pong (an empty command) arrives.
     pub got_pong: bool,
+    /// A ping was sent and not answered yet: a pong at any other time is
+    /// a protocol error, as in Centrifugo.
+    ping_outstanding: bool,
     /// `limits.publish_rate` for this connection.
     publish_rate: Option<RateLimiter>,
 }
@@ -198,6 +201,7 @@ impl Session {
             patterns: 0,
             last_pattern_seq: 0,
             got_pong: false,
+            ping_outstanding: false,
         }
     }
 
@@ -252,12 +256,17 @@ impl Session {
 
     async fn handle_command(&mut self, cmd: proto::Command) -> Result<Option<Reply>, Disconnect> {
         let id = cmd.id;
-        if let Some(req) = cmd.connect {
-            return self.connect(id, req).await.map(Some);
-        }
-        if self.connected.is_none() {
+        let is_pong = cmd == proto::Command::default();
+        if self.connected.is_none() && cmd.connect.is_none() {
             // Anything before connect is a protocol violation.
             return Err(close(disconnect::BAD_REQUEST));
+        }
+        if id == 0 && cmd.send.is_none() && !is_pong {
+            // Only pongs and `send` go without an id.
+            return Err(close(disconnect::BAD_REQUEST));
+        }
+        if let Some(req) = cmd.connect {
+            return self.connect(id, req).await.map(Some);
         }
         let reply = if let Some(req) = cmd.subscribe {
             self.subscribe(id, req).await?
@@ -291,12 +300,15 @@ impl Session {
             return self.refresh(id, &req.token).map(Some);
         } else if let Some(req) = cmd.sub_refresh {
             self.sub_refresh(id, req)
-        } else if id == 0 {
-            // An empty command is the client's pong.
+        } else {
+            // A command without a method: a malformed one, or the pong
+            // answering a ping (empty, id 0) — anything else is a
+            // protocol error, as Centrifugo has it.
+            if !is_pong || !std::mem::take(&mut self.ping_outstanding) {
+                return Err(close(disconnect::BAD_REQUEST));
+            }
             self.got_pong = true;
             return Ok(None);
-        } else {
-            error_reply(id, errors::METHOD_NOT_FOUND)
         };
         Ok(Some(reply))
     }

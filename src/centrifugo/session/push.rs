@@ -168,6 +168,14 @@ impl Session {
                 if let Some(c) = self.connected.as_mut() {
                     c.expires_at = expires_at;
                 }
+                // The client learns its new expiry (and stops its own
+                // refresh timer when there is none).
+                let (expires, ttl) = self.ttl(expires_at);
+                let push = proto::Push {
+                    refresh: Some(proto::Refresh { expires, ttl }),
+                    ..Default::default()
+                };
+                self.write_push(push, out);
                 Ok(())
             }
         }
@@ -177,6 +185,7 @@ impl Session {
     /// which is the same `{}`).
     pub fn ping(&mut self, out: &mut Outbox) {
         self.got_pong = false;
+        self.ping_outstanding = !self.transport.unidirectional();
         out.message(&Reply::default());
     }
 }

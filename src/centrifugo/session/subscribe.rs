@@ -62,13 +62,17 @@ impl Session {
         let mut data = Bytes::new();
         if !req.token.is_empty() {
             match tokens::subscription(&self.node.key, &req.token) {
-                Ok(t) if t.channel == req.channel && t.user == user => {
+                Ok(t)
+                    if t.channel == req.channel
+                        && t.user == user
+                        && t.client.as_ref().is_none_or(|c| *c == self.client) =>
+                {
                     chan_info = t.info;
                     sub_exp = t.expires_at;
                 }
                 Ok(_) => {
-                    // A token for another channel or user: Centrifugo treats
-                    // it as a forged one.
+                    // A token for another channel, user or connection:
+                    // Centrifugo treats it as a forged one.
                     crate::metrics::auth_failure("centrifugo", "subscription token mismatch");
                     return Err(close(disconnect::INVALID_TOKEN));
                 }
