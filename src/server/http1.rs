@@ -216,7 +216,8 @@ async fn write_chunks(
                 match stream.try_read(&mut sink) {
                     Ok(0) => return Poll::Ready(Ready::Gone),
                     Ok(_) => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // Stale readiness: poll again, which registers the waker.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(_) => return Poll::Ready(Ready::Gone),
                 }
             }

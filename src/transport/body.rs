@@ -68,7 +68,11 @@ impl Wire for Body {
                     match io.try_read(&mut sink) {
                         Ok(0) => return Poll::Ready(Inbound::Gone),
                         Ok(_) => continue,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        // Readiness was stale: polling again registers the
+                        // waker (breaking out here left none, so a client
+                        // that went away from an idle stream was noticed
+                        // only at the next heartbeat).
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         Err(_) => return Poll::Ready(Inbound::Gone),
                     }
                 }
